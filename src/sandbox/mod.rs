@@ -1,0 +1,254 @@
+//! Runs one command in a throw-away container: an overlayfs root over the image layers, an OCI
+//! spec from the image config and profile, and youki's `libcontainer` to create, start, wait for
+//! and delete the container in this process.
+//!
+//! [`run`] forks the container init with a raw `clone3` inside `ContainerBuilder::build`, so it
+//! must be called before the caller starts other threads (an async runtime, for example): a
+//! thread that holds an allocator lock at that moment would deadlock the child.
+
+mod cleanup;
+mod etc_files;
+mod executor;
+mod exit;
+mod launch;
+mod network;
+mod overlay;
+mod stdio;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::profile::Profile;
+use crate::spec::{ImageRunConfig, SpecInput, build_spec};
+pub use cleanup::remove;
+pub(crate) use stdio::StdioMode;
+
+/// Hostname of every sandbox.
+pub const HOSTNAME: &str = "agentkernel";
+
+/// Everything needed to run one command in a new sandbox.
+#[derive(Clone, Debug)]
+pub struct SandboxRequest {
+    /// Container id: `[A-Za-z0-9_+.-]`, unique among running sandboxes. It names the cgroup
+    /// `/agentkernel/<id>` and the libcontainer state directory.
+    pub id: String,
+    /// Root of libcontainer's state directories, such as `<root>/containers`; the container's
+    /// state lives in `<state_root>/<id>`.
+    pub state_root: PathBuf,
+    /// Per-sandbox directory, such as `<root>/sandboxes/<id>`; it must not exist yet. It receives
+    /// `config.json`, the overlay's `upper`, `work` and `merged` directories and the generated
+    /// `/etc` files. It must be on a filesystem that can hold an overlayfs upper directory.
+    pub sandbox_dir: PathBuf,
+    /// Unpacked image layers, topmost first; they are never modified.
+    pub lower_dirs: Vec<PathBuf>,
+    /// Image config of the image.
+    pub image: ImageRunConfig,
+    /// Command line; an empty one runs the image's `Cmd`.
+    pub command: Vec<String>,
+    /// Security profile.
+    pub profile: Profile,
+    /// Keep `sandbox_dir` (with the upper layer) after the run instead of removing it.
+    pub keep: bool,
+}
+
+/// Failure of [`run`].
+#[derive(Debug)]
+pub enum RunError {
+    /// The command could not be executed: `code` is 127 when it was not found and 126 when it
+    /// is not executable, as in a POSIX shell.
+    Exec {
+        /// Exit status a shell would report.
+        code: i32,
+        /// One-line message that names the command.
+        message: String,
+    },
+    /// Setting up, running or removing the sandbox failed.
+    Sandbox(anyhow::Error),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Exec { message, .. } => formatter.write_str(message),
+            RunError::Sandbox(error) => write!(formatter, "{error:#}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<anyhow::Error> for RunError {
+    fn from(error: anyhow::Error) -> Self {
+        RunError::Sandbox(error)
+    }
+}
+
+/// Wall time of the phases of one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Timings {
+    /// Creating the sandbox directory, mounting the overlay and writing `config.json`.
+    pub prepare: Duration,
+    /// `ContainerBuilder::build`: namespaces, cgroups, mounts, up to the parked init.
+    pub build: Duration,
+    /// Bringing up `lo`, installing signal forwarding and `Container::start`.
+    pub start: Duration,
+    /// From the start of the command until its exit status is reaped.
+    pub wait: Duration,
+    /// `Container::delete`, unmounting the overlay and removing the sandbox directory.
+    pub delete: Duration,
+}
+
+/// Result of a run whose exit status was collected.
+#[derive(Debug)]
+pub(crate) struct RunOutcome {
+    /// Exit code, or 128 + signal number when the command was killed by a signal.
+    pub status: i32,
+    /// Output captured with [`StdioMode::Capture`]; empty otherwise.
+    pub stdout: Vec<u8>,
+    /// Error output captured with [`StdioMode::Capture`]; empty otherwise.
+    pub stderr: Vec<u8>,
+    pub timings: Timings,
+}
+
+/// Runs `request.command` in a new sandbox and returns its exit status: the exit code, or
+/// 128 + N when signal N killed it.
+///
+/// The sandbox uses this process's stdout and stderr; stdin is passed on when it is a pipe or a
+/// file and is `/dev/null` otherwise. SIGINT, SIGTERM and SIGHUP received during the run are
+/// forwarded to the container's init process, and a second one kills the container. After the
+/// first run this process keeps a handler for those three signals that does nothing outside a
+/// run, so they no longer terminate it.
+///
+/// The sandbox is removed afterwards, also on failure, unless `request.keep` is set; then the
+/// sandbox directory with the upper layer stays and everything else is removed.
+pub fn run(request: SandboxRequest) -> Result<i32, RunError> {
+    run_with_stdio(request, StdioMode::Inherit).map(|outcome| outcome.status)
+}
+
+/// Runs like [`run`] with the given stdio and returns the captured output and phase timings.
+pub(crate) fn run_with_stdio(
+    request: SandboxRequest,
+    stdio: StdioMode,
+) -> Result<RunOutcome, RunError> {
+    validate_id(&request.id)?;
+    // Both checks run before anything is created, so the cleanup below never removes another
+    // sandbox's files.
+    if request.sandbox_dir.exists() {
+        return Err(RunError::Sandbox(anyhow::anyhow!(
+            "sandbox directory {} already exists",
+            request.sandbox_dir.display()
+        )));
+    }
+    let state_dir = request.state_root.join(&request.id);
+    if state_dir.exists() {
+        return Err(RunError::Sandbox(anyhow::anyhow!(
+            "container state directory {} already exists",
+            state_dir.display()
+        )));
+    }
+    let started = Instant::now();
+    let result = prepare_and_launch(&request, stdio);
+
+    let cleanup_started = Instant::now();
+    let cleanup = if request.keep {
+        cleanup::release(&request.sandbox_dir, &request.state_root, &request.id)
+    } else {
+        remove(&request.sandbox_dir, &request.state_root, &request.id)
+    };
+    let cleanup_time = cleanup_started.elapsed();
+
+    let mut outcome = result?;
+    cleanup.with_context(|| {
+        format!(
+            "command exited with status {}, but removing sandbox {} failed",
+            outcome.status, request.id
+        )
+    })?;
+    outcome.timings.delete += cleanup_time;
+    tracing::debug!(
+        id = %request.id,
+        total = ?started.elapsed(),
+        timings = ?outcome.timings,
+        "sandbox run finished"
+    );
+    Ok(outcome)
+}
+
+fn prepare_and_launch(request: &SandboxRequest, stdio: StdioMode) -> Result<RunOutcome, RunError> {
+    let prepare_started = Instant::now();
+    let sandbox_dir = create_sandbox_dir(&request.sandbox_dir)?;
+    let rootfs = overlay::mount(&sandbox_dir, &request.lower_dirs)?;
+    let etc_dir = etc_files::write(&sandbox_dir, request.profile.network(), HOSTNAME)?;
+
+    let host_cwd = std::env::current_dir().ok();
+    let host_home = std::env::var_os("HOME").map(PathBuf::from);
+    let spec = build_spec(&SpecInput {
+        image: &request.image,
+        command: &request.command,
+        profile: request.profile,
+        rootfs: &rootfs,
+        cgroups_path: format!("/agentkernel/{}", request.id),
+        host_cwd,
+        host_home,
+        hostname: HOSTNAME,
+        term: stdio.term(),
+        etc_dir: Some(&etc_dir),
+    })?;
+    if let Some(process) = spec.process() {
+        overlay::create_dir_in_root(&rootfs, process.cwd())?;
+    }
+    let config = sandbox_dir.join("config.json");
+    spec.save(&config)
+        .with_context(|| format!("failed to write {}", config.display()))?;
+    let prepare = prepare_started.elapsed();
+
+    let mut outcome = launch::launch(
+        &launch::LaunchRequest {
+            id: &request.id,
+            state_root: &request.state_root,
+            bundle: &sandbox_dir,
+            spec: &spec,
+            network: request.profile.network(),
+        },
+        stdio,
+    )?;
+    outcome.timings.prepare = prepare;
+    Ok(outcome)
+}
+
+/// Creates the sandbox directory and returns its absolute path.
+fn create_sandbox_dir(sandbox_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+
+    if let Some(parent) = sandbox_dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("failed to create {}", parent.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(sandbox_dir)
+        .with_context(|| format!("failed to create {}", sandbox_dir.display()))?;
+    std::fs::canonicalize(sandbox_dir)
+        .with_context(|| format!("failed to resolve {}", sandbox_dir.display()))
+}
+
+/// Checks that `id` is a valid container id: 1 to 64 characters from `[A-Za-z0-9_+.-]`, not
+/// `.` or `..`.
+fn validate_id(id: &str) -> anyhow::Result<()> {
+    let valid_chars = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '.' | '-'));
+    if id.is_empty() || id.len() > 64 || !valid_chars || id == "." || id == ".." {
+        bail!(
+            "invalid sandbox id {id:?}: use 1 to 64 characters from A-Z, a-z, 0-9, _, +, . and -"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The overlayfs root filesystem of a sandbox: read-only image layers below, a per-sandbox upper
+//! directory on top.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MntFlags, MsFlags, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::stat::{Mode, mkdirat};
+
+/// Directory names inside the sandbox directory. They appear as typed in the container's
+/// `/proc/mounts`, so they are short and relative.
+const UPPER: &str = "upper";
+const WORK: &str = "work";
+const MERGED: &str = "merged";
+
+/// Maximum length of `mount(2)` data: one page, including the terminating NUL.
+const MAX_MOUNT_DATA: usize = 4095;
+
+/// Mounts an overlay of `lower_dirs` (topmost first) with `upper` and `work` in `sandbox_dir`
+/// on `<sandbox_dir>/merged` and returns that path.
+///
+/// The options name upper, work and lower directories relative to `sandbox_dir` (or absolute
+/// when that is shorter), because overlayfs shows them as given in every `/proc/mounts`,
+/// including the container's. Relative paths resolve against the working directory of the
+/// mounting thread, so a helper thread that unshares its filesystem attributes (`CLONE_FS`)
+/// changes into `sandbox_dir` and mounts; the working directory of the rest of the process
+/// stays as it is.
+pub(super) fn mount(sandbox_dir: &Path, lower_dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    if lower_dirs.is_empty() {
+        bail!("no image layers to mount for {}", sandbox_dir.display());
+    }
+    for name in [UPPER, WORK, MERGED] {
+        let path = sandbox_dir.join(name);
+        std::fs::create_dir(&path)
+            .with_context(|| format!("failed to create {}", path.display()))?;
+    }
+    let mut lowers = Vec::with_capacity(lower_dirs.len());
+    for lower in lower_dirs {
+        let absolute = std::fs::canonicalize(lower)
+            .with_context(|| format!("image layer {} not found", lower.display()))?;
+        if !absolute.is_dir() {
+            bail!("image layer {} is not a directory", absolute.display());
+        }
+        let relative = relative_path(sandbox_dir, &absolute);
+        let shorter = if relative.as_os_str().len() < absolute.as_os_str().len() {
+            relative
+        } else {
+            absolute
+        };
+        lowers.push(escape_lower(&shorter)?);
+    }
+    let options = format!(
+        "lowerdir={},upperdir={UPPER},workdir={WORK}",
+        lowers.join(":")
+    );
+    // TODO: image stacks whose lowerdir list exceeds one page (about 50 layers at 80 bytes a
+    // path) are rejected; the new mount API (fsconfig with "lowerdir+", Linux 6.8+) would take
+    // one layer per call.
+    if options.len() > MAX_MOUNT_DATA {
+        bail!(
+            "overlay options for {} layers are {} bytes, more than the {MAX_MOUNT_DATA}-byte limit of mount(2)",
+            lower_dirs.len(),
+            options.len()
+        );
+    }
+
+    let dir = sandbox_dir.to_path_buf();
+    let mount_options = options.clone();
+    std::thread::Builder::new()
+        .name("sandbox-mount".to_string())
+        .spawn(move || -> anyhow::Result<()> {
+            unshare(CloneFlags::CLONE_FS).context("failed to unshare the working directory")?;
+            std::env::set_current_dir(&dir)
+                .with_context(|| format!("failed to change into {}", dir.display()))?;
+            nix::mount::mount(
+                Some("overlay"),
+                MERGED,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(mount_options.as_str()),
+            )
+            .map_err(io::Error::from)
+            .with_context(|| format!("failed to mount overlay ({mount_options})"))
+        })
+        .context("failed to start the mount thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the overlay mount thread panicked"))?
+        .with_context(|| format!("in {}", sandbox_dir.display()))?;
+    Ok(sandbox_dir.join(MERGED))
+}
+
+/// Unmounts everything mounted on or below `dir`, deepest first, and fails if anything stays.
+pub(super) fn unmount_all_under(dir: &Path) -> anyhow::Result<()> {
+    let mut mount_points = mount_points_under(dir)?;
+    mount_points.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
+    for mount_point in &mount_points {
+        match umount2(mount_point, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(Errno::EBUSY) => umount2(mount_point, MntFlags::MNT_DETACH)
+                .map_err(io::Error::from)
+                .with_context(|| format!("failed to detach {}", mount_point.display()))?,
+            Err(errno) => {
+                return Err(io::Error::from(errno))
+                    .with_context(|| format!("failed to unmount {}", mount_point.display()));
+            }
+        }
+    }
+    let left = mount_points_under(dir)?;
+    if let Some(first) = left.first() {
+        bail!("{} is still mounted", first.display());
+    }
+    Ok(())
+}
+
+/// Returns the mount points of this mount namespace that are `dir` or below it.
+fn mount_points_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(dir) => dir,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("failed to resolve {}", dir.display()));
+        }
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("failed to read /proc/self/mountinfo")?;
+    Ok(mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|path| path.starts_with(&dir))
+        .collect())
+}
+
+/// Decodes the octal escapes (`\040` for a space) of a mountinfo path field.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escape = bytes.get(index + 1..index + 4);
+        let octal = escape
+            .filter(|digits| {
+                bytes[index] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d))
+            })
+            .map(|digits| {
+                digits
+                    .iter()
+                    .fold(0u32, |value, d| value * 8 + u32::from(d - b'0'))
+            });
+        match octal {
+            Some(value) if value <= 0xff => {
+                decoded.push(value as u8);
+                index += 4;
+            }
+            _ => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    PathBuf::from(OsStr::from_bytes(&decoded))
+}
+
+/// Returns the path of `to` relative to `from`; both must be absolute and free of symlinks.
+fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<Component> = from.components().collect();
+    let to: Vec<Component> = to.components().collect();
+    let common = from
+        .iter()
+        .zip(&to)
+        .take_while(|(left, right)| left == right)
+        .count();
+    let mut relative = PathBuf::new();
+    for _ in common..from.len() {
+        relative.push("..");
+    }
+    for component in &to[common..] {
+        relative.push(component);
+    }
+    relative
+}
+
+/// Escapes a lower directory for the `lowerdir=` list, where `:` separates layers and `,`
+/// separates options.
+fn escape_lower(path: &Path) -> anyhow::Result<String> {
+    let Some(text) = path.to_str() else {
+        bail!("image layer path {} is not valid UTF-8", path.display());
+    };
+    if text.contains(',') {
+        bail!("image layer path {text} contains a comma, which overlay options cannot hold");
+    }
+    Ok(text.replace('\\', "\\\\").replace(':', "\\:"))
+}
+
+/// Creates `path` (absolute inside the container) and its missing parents below `rootfs`, like
+/// Docker does for a missing `WorkingDir`. Symlinks resolve as if `rootfs` were `/`, so an image
+/// cannot make this create directories on the host.
+pub(super) fn create_dir_in_root(rootfs: &Path, path: &Path) -> anyhow::Result<()> {
+    let root =
+        File::open(rootfs).with_context(|| format!("failed to open {}", rootfs.display()))?;
+    let mut prefix = PathBuf::new();
+    for component in path.components() {
+        let Component::Normal(name) = component else {
+            continue;
+        };
+        let parent = open_in_root(&root, &prefix)
+            .with_context(|| format!("failed to open {} in the rootfs", prefix.display()))?;
+        prefix.push(name);
+        match mkdirat(
+            Some(parent.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(errno) => {
+                return Err(io::Error::from(errno)).with_context(|| {
+                    format!("failed to create {} in the rootfs", prefix.display())
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_in_root(root: &File, relative: &Path) -> io::Result<OwnedFd> {
+    let path = if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root.as_raw_fd(), path, how)?;
+    // SAFETY: openat2 returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_path_between_dirs() {
+        assert_eq!(
+            relative_path(Path::new("/r/sandboxes/a"), Path::new("/r/layers/x")),
+            PathBuf::from("../../layers/x")
+        );
+        assert_eq!(
+            relative_path(Path::new("/r/s"), Path::new("/r/s/lower")),
+            PathBuf::from("lower")
+        );
+        assert_eq!(
+            relative_path(Path::new("/a"), Path::new("/b/c")),
+            PathBuf::from("../b/c")
+        );
+    }
+
+    #[test]
+    fn lower_paths_are_escaped() {
+        assert_eq!(escape_lower(Path::new("a:b")).unwrap(), "a\\:b");
+        assert_eq!(escape_lower(Path::new("a\\b")).unwrap(), "a\\\\b");
+        assert!(escape_lower(Path::new("a,b")).is_err());
+    }
+
+    #[test]
+    fn mountinfo_escapes_decode() {
+        assert_eq!(
+            unescape_mountinfo("/tmp/with\\040space"),
+            PathBuf::from("/tmp/with space")
+        );
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+        assert_eq!(
+            unescape_mountinfo("/back\\slash"),
+            PathBuf::from("/back\\slash")
+        );
+    }
+
+    #[test]
+    fn dir_in_root_stays_inside() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        // The symlink resolves inside the rootfs, where its target does not exist.
+        assert!(create_dir_in_root(root.path(), Path::new("/escape/new/dir")).is_err());
+        assert!(!outside.path().join("new").exists());
+
+        create_dir_in_root(root.path(), Path::new("/srv/app")).unwrap();
+        assert!(root.path().join("srv/app").is_dir());
+        std::os::unix::fs::symlink("/srv", root.path().join("link")).unwrap();
+        create_dir_in_root(root.path(), Path::new("/link/data")).unwrap();
+        assert!(root.path().join("srv/data").is_dir());
+        create_dir_in_root(root.path(), Path::new("/")).unwrap();
+    }
+}
