@@ -143,8 +143,24 @@ for stale in "$cache"/.build-*; do
 	remove_tree "$stale"
 done
 
+# Each parallel debootstrap runs in its own session (setsid), so that
+# stop_debootstraps can signal it with all its children (dpkg, chroot).
+declare -A debootstrap_pids=()
+stop_debootstraps() {
+	local pid
+	for pid in "${debootstrap_pids[@]}"; do
+		kill -TERM -- "-$pid" 2>/dev/null || true
+	done
+	for pid in "${debootstrap_pids[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+}
+
 work=$(mktemp -d "$cache/.build-XXXXXX")
 trap 'remove_tree "$work"' EXIT
+trap 'stop_debootstraps; exit 130' INT
+trap 'stop_debootstraps; exit 143' TERM
+trap 'stop_debootstraps; exit 129' HUP
 layout=$work/oci
 mkdir -p "$work/logs"
 started=$SECONDS
@@ -257,7 +273,6 @@ build_busybox() {
 # the shared .deb cache first, because parallel runs race on a cold cache.
 bootstrap_debian() {
 	local mirror debcache=$cache/debcache rootfs=$work/rootfs name include failed=0
-	local -A pids=()
 	mirror=$(debian_mirror)
 	mkdir -p "$debcache" "$rootfs"
 	log "debootstrap $suite from $mirror: downloading packages into $debcache"
@@ -274,12 +289,12 @@ bootstrap_debian() {
 		py-full) include=python3 ;;
 		node-full) include=nodejs ;;
 		esac
-		debootstrap --variant=minbase ${include:+--include=$include} --cache-dir="$debcache" \
+		setsid debootstrap --variant=minbase ${include:+--include=$include} --cache-dir="$debcache" \
 			"$suite" "$rootfs/$name" "$mirror" >"$work/logs/debootstrap-$name.log" 2>&1 &
-		pids[$name]=$!
+		debootstrap_pids[$name]=$!
 	done
 	for name in base py-full node-full; do
-		if ! wait "${pids[$name]}"; then
+		if ! wait "${debootstrap_pids[$name]}"; then
 			log "debootstrap of $name failed; $work/logs/debootstrap-$name.log ends with:"
 			tail -n 20 "$work/logs/debootstrap-$name.log" >&2
 			failed=1
@@ -288,6 +303,7 @@ bootstrap_debian() {
 			failed=1
 		fi
 	done
+	debootstrap_pids=()
 	[ "$failed" = 0 ] || exit 1
 
 	# Drop what is host-specific or useless in an image: downloaded .debs and
