@@ -1,0 +1,382 @@
+//! Registry access: mirrors, plain HTTP for loopback registries, credentials, and the
+//! manifest and blob requests of the OCI distribution specification (through oci-client).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::blobs::{BlobError, BlobStore};
+use crate::digest::Digest;
+use crate::reference::{ImageReference, is_loopback_registry};
+
+/// How to reach registries: mirrors, extra CA certificates and where credentials are.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryConfig {
+    /// Registry host to mirror URL, e.g. `docker.io` → `http://127.0.0.1:5000`. A mirror
+    /// replaces the registry for every request; nothing is sent to the original.
+    pub mirrors: BTreeMap<String, String>,
+    /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// PEM files of CA certificates trusted in addition to the system roots.
+    pub ca_files: Vec<PathBuf>,
+    /// A Docker `config.json` with credentials; `None` reads `$DOCKER_CONFIG/config.json`
+    /// or `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+}
+
+/// Failures of registry requests, each naming the registry and the reference or digest.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry answered with an error, or could not be reached.
+    #[error("{operation} {target} from {registry} failed: {source}")]
+    Request {
+        /// `fetch manifest` or `fetch blob`.
+        operation: &'static str,
+        /// The reference or digest requested.
+        target: String,
+        /// The registry address requests went to (the mirror, when one is configured).
+        registry: String,
+        /// oci-client's error.
+        source: oci_client::errors::OciDistributionError,
+    },
+    /// The blob received does not match its descriptor.
+    #[error("blob {digest} from {registry}: {source}")]
+    Blob {
+        /// The digest requested.
+        digest: Digest,
+        /// The registry address requests went to.
+        registry: String,
+        /// The size or digest check that failed.
+        source: BlobError,
+    },
+    /// The connection failed while a blob was being received.
+    #[error("download of blob {digest} from {registry} failed after {received} bytes: {source}")]
+    Transfer {
+        /// The digest requested.
+        digest: Digest,
+        /// The registry address requests went to.
+        registry: String,
+        /// Bytes received before the failure.
+        received: u64,
+        /// The transport error.
+        source: std::io::Error,
+    },
+    /// A configuration value is unusable (a CA file, a mirror URL, credentials).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The manifest media types this client asks for, newest format first.
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    OCI_IMAGE_INDEX_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPE,
+];
+
+/// A registry client for one image reference.
+pub struct RegistryClient {
+    client: Client,
+    auth: RegistryAuth,
+    /// The address requests go to: the reference's registry or its mirror.
+    endpoint: String,
+}
+
+impl RegistryClient {
+    /// Creates a client for pulling `reference` under `config`.
+    pub fn new(config: &RegistryConfig, reference: &ImageReference) -> Result<Self, RegistryError> {
+        let (endpoint, plain_http) = match config.mirrors.get(reference.registry()) {
+            Some(mirror) => parse_mirror(mirror)?,
+            None => (reference.registry().to_owned(), false),
+        };
+        let plain_http = plain_http
+            || is_loopback_registry(&endpoint)
+            || config.insecure.iter().any(|host| host == &endpoint);
+
+        let mut extra_root_certificates = Vec::new();
+        for path in &config.ca_files {
+            let data = std::fs::read(path).map_err(|e| {
+                RegistryError::Config(format!("cannot read CA file {}: {e}", path.display()))
+            })?;
+            extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        let protocol = if plain_http {
+            ClientProtocol::HttpsExcept(vec![endpoint.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        let client = Client::new(ClientConfig {
+            protocol,
+            extra_root_certificates,
+            platform_resolver: None,
+            connect_timeout: Some(std::time::Duration::from_secs(15)),
+            read_timeout: Some(std::time::Duration::from_secs(60)),
+            ..Default::default()
+        });
+        let auth = credentials_for(config.docker_config.as_deref(), &endpoint)?;
+        Ok(RegistryClient {
+            client,
+            auth,
+            endpoint,
+        })
+    }
+
+    /// The registry address requests go to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn target(&self, reference: &ImageReference) -> Reference {
+        let mut target = reference.as_oci().clone();
+        if self.endpoint != reference.registry() {
+            target.set_mirror_registry(self.endpoint.clone());
+        }
+        target
+    }
+
+    /// Fetches a manifest or index by tag or digest. oci-client checks the bytes against the
+    /// digest in the reference, if any, and against the registry's `Docker-Content-Digest`.
+    pub async fn fetch_manifest(
+        &self,
+        reference: &ImageReference,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let target = self.target(reference);
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&target, &self.auth, MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(|source| RegistryError::Request {
+                operation: "fetch manifest",
+                target: reference.to_string(),
+                registry: self.endpoint.clone(),
+                source,
+            })?;
+        let digest: Digest = digest.parse().map_err(|e| {
+            RegistryError::Config(format!(
+                "registry {} returned an unusable digest for {reference}: {e}",
+                self.endpoint
+            ))
+        })?;
+        // Verify here as well: oci-client only compares against a digest the registry sent.
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            return Err(RegistryError::Blob {
+                digest: digest.clone(),
+                registry: self.endpoint.clone(),
+                source: BlobError::DigestMismatch {
+                    expected: digest,
+                    actual,
+                },
+            });
+        }
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// Downloads the blob `descriptor` of `reference`'s repository into `store`, checking
+    /// its size and digest as the bytes arrive; `on_bytes` sees the size of each chunk.
+    pub async fn fetch_blob(
+        &self,
+        reference: &ImageReference,
+        digest: &Digest,
+        size: u64,
+        store: &BlobStore,
+        mut on_bytes: impl FnMut(u64),
+    ) -> Result<PathBuf, RegistryError> {
+        let target = self.target(reference);
+        let descriptor = OciDescriptor {
+            digest: digest.to_string(),
+            size: size as i64,
+            ..Default::default()
+        };
+        let request_error = |source| RegistryError::Request {
+            operation: "fetch blob",
+            target: digest.to_string(),
+            registry: self.endpoint.clone(),
+            source,
+        };
+        let blob_error = |source| RegistryError::Blob {
+            digest: digest.clone(),
+            registry: self.endpoint.clone(),
+            source,
+        };
+        let mut stream = self
+            .client
+            .pull_blob_stream(&target, &descriptor)
+            .await
+            .map_err(request_error)?;
+        let mut writer = store.writer(digest, Some(size)).map_err(blob_error)?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| RegistryError::Transfer {
+                digest: digest.clone(),
+                registry: self.endpoint.clone(),
+                received: writer.written(),
+                source,
+            })?;
+            writer.write_chunk(&chunk).map_err(blob_error)?;
+            on_bytes(chunk.len() as u64);
+        }
+        writer.commit().map_err(blob_error)
+    }
+}
+
+/// Splits a mirror URL into `host:port` and whether it is plain HTTP.
+fn parse_mirror(mirror: &str) -> Result<(String, bool), RegistryError> {
+    let (plain_http, rest) = if let Some(rest) = mirror.strip_prefix("http://") {
+        (true, rest)
+    } else if let Some(rest) = mirror.strip_prefix("https://") {
+        (false, rest)
+    } else {
+        (false, mirror)
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(RegistryError::Config(format!(
+            "invalid registry mirror {mirror:?}: expected a URL like http://127.0.0.1:5000"
+        )));
+    }
+    Ok((host.to_owned(), plain_http))
+}
+
+/// Finds credentials for `registry` in a Docker `config.json` (`auths.<host>.auth`, the
+/// base64 of `user:password`). No file or no entry means anonymous access, which still
+/// follows a registry's Bearer-token challenge.
+fn credentials_for(
+    docker_config: Option<&Path>,
+    registry: &str,
+) -> Result<RegistryAuth, RegistryError> {
+    let path = match docker_config {
+        Some(path) => path.to_owned(),
+        None => match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) => PathBuf::from(dir).join("config.json"),
+            None => match std::env::var_os("HOME") {
+                Some(home) => PathBuf::from(home).join(".docker/config.json"),
+                None => return Ok(RegistryAuth::Anonymous),
+            },
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+        Err(e) => {
+            return Err(RegistryError::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let config: DockerConfig = serde_json::from_str(&text)
+        .map_err(|e| RegistryError::Config(format!("invalid JSON in {}: {e}", path.display())))?;
+    let keys: Vec<&str> = if registry == "docker.io" {
+        vec![
+            "docker.io",
+            "https://index.docker.io/v1/",
+            "index.docker.io",
+            "registry-1.docker.io",
+        ]
+    } else {
+        vec![registry]
+    };
+    let entry = config.auths.iter().find(|(key, _)| {
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        keys.iter().any(|k| *k == key.as_str() || *k == host)
+    });
+    let Some((_, entry)) = entry else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    if let (Some(user), Some(password)) = (&entry.username, &entry.password) {
+        return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
+    }
+    let Some(encoded) = &entry.auth else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let invalid = || {
+        RegistryError::Config(format!(
+            "invalid auths.{registry}.auth in {}: expected base64 of user:password",
+            path.display()
+        ))
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| invalid())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let (user, password) = decoded.split_once(':').ok_or_else(invalid)?;
+    Ok(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuth>,
+}
+
+#[derive(serde::Deserialize)]
+struct DockerAuth {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_urls() {
+        assert_eq!(
+            parse_mirror("http://127.0.0.1:5000").unwrap(),
+            ("127.0.0.1:5000".to_owned(), true)
+        );
+        assert_eq!(
+            parse_mirror("https://mirror.example:8443/").unwrap(),
+            ("mirror.example:8443".to_owned(), false)
+        );
+        assert!(parse_mirror("http://host/path").is_err());
+        assert!(parse_mirror("").is_err());
+    }
+
+    #[test]
+    fn docker_config_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let encoded = base64::engine::general_purpose::STANDARD.encode("testuser:testpass");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"127.0.0.1:5001":{{"auth":"{encoded}"}},"https://index.docker.io/v1/":{{"username":"hub","password":"secret"}}}}}}"#),
+        )
+        .unwrap();
+        match credentials_for(Some(&path), "127.0.0.1:5001").unwrap() {
+            RegistryAuth::Basic(user, password) => {
+                assert_eq!(user, "testuser");
+                assert_eq!(password, "testpass");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match credentials_for(Some(&path), "docker.io").unwrap() {
+            RegistryAuth::Basic(user, _) => assert_eq!(user, "hub"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            credentials_for(Some(&path), "127.0.0.1:5002").unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        assert!(matches!(
+            credentials_for(Some(&dir.path().join("missing.json")), "x").unwrap(),
+            RegistryAuth::Anonymous
+        ));
+    }
+}
