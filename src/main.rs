@@ -1,7 +1,12 @@
 //! `agentkernel`: runs commands in throw-away Linux sandboxes made from OCI images.
 
+mod cli;
+mod config;
+mod image_choice;
 mod profile;
 mod sandbox;
 mod spec;
 
-fn main() {}
+fn main() {
+    std::process::exit(cli::main());
+}

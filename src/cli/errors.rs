@@ -1,0 +1,55 @@
+//! One-line error reports with a hint on what to do, and the exit code for agentkernel's
+//! own failures.
+
+use rootfs_cache::StoreError;
+use rootfs_cache::blobs::BlobError;
+use rootfs_cache::registry::RegistryError;
+
+/// The exit code when agentkernel itself fails (as `docker run` uses it).
+pub const EXIT_AGENTKERNEL_FAILED: i32 = 125;
+
+/// Prints `error` as one line on stderr and returns [`EXIT_AGENTKERNEL_FAILED`].
+/// `fallback` is the hint used when the error type has none of its own.
+pub fn report(error: &anyhow::Error, fallback: Option<&'static str>) -> i32 {
+    let message = format!("{error:#}").replace('\n', " ");
+    match hint(error).or(fallback) {
+        Some(hint) => eprintln!("agentkernel: {message} ({hint})"),
+        None => eprintln!("agentkernel: {message}"),
+    }
+    EXIT_AGENTKERNEL_FAILED
+}
+
+fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    for cause in error.chain() {
+        if let Some(store) = cause.downcast_ref::<StoreError>() {
+            return Some(store_hint(store));
+        }
+    }
+    None
+}
+
+fn store_hint(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Registry(RegistryError::Request { .. } | RegistryError::Transfer { .. }) => {
+            "check the image name and that the registry is reachable, or set [registry] mirrors in agentkernel.toml"
+        }
+        StoreError::Registry(RegistryError::Blob { .. })
+        | StoreError::Blob(BlobError::SizeMismatch { .. }) => {
+            "the registry served content that does not match its digest; retry, or pull from another registry or mirror"
+        }
+        StoreError::Registry(RegistryError::Config(_)) => "fix the registry settings named above",
+        StoreError::Blob(BlobError::DigestMismatch { .. }) => {
+            "a cached blob is damaged; remove it from the cache and pull again"
+        }
+        StoreError::NoMatchingPlatform { .. } => {
+            "use an image that is published for this host's architecture"
+        }
+        StoreError::InvalidDocument { .. }
+        | StoreError::Unpack { .. }
+        | StoreError::DiffIdMismatch { .. } => "the image is malformed; use another image or tag",
+        StoreError::Io { .. } | StoreError::Blob(BlobError::Io { .. }) => {
+            "check free disk space and permissions of the --root directory"
+        }
+        StoreError::Internal(_) => "this is a bug in agentkernel",
+    }
+}

@@ -1,0 +1,136 @@
+//! `agentkernel run`: pull the image if needed, run the command in a new sandbox, pass its
+//! exit code through and remove the sandbox.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use rootfs_cache::{Image, ImageReference, ImageStore};
+
+use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
+use super::pull::{pull_image, registry_config};
+use crate::config::Config;
+use crate::image_choice::{image_for_command, image_for_runtime};
+use crate::profile::Profile;
+use crate::sandbox::{self, RunError, SandboxRequest};
+use crate::spec::ImageRunConfig;
+
+const SANDBOX_HINT: &str =
+    "agentkernel needs root, overlayfs and cgroups; run with --debug to see libcontainer's log";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Image to run in; by default chosen from the command (python3 → python:3.12-alpine,
+    /// node → node:22-alpine, anything unknown → alpine:3.20).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+
+    /// Security profile [default: moderate, or [security] profile in the config file].
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
+
+    /// Keep the sandbox's writable layer after the command exits and print its name.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Use the fast start path (on by default). Every run starts a new container on a
+    /// fresh writable layer over the cached image, so this flag changes nothing yet.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub fast: bool,
+
+    /// Project configuration file [default: ./agentkernel.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Container runtime; `native` (libcontainer in this process) is the only one.
+    #[arg(long, default_value = "native", value_parser = ["native"])]
+    pub runtime: String,
+
+    /// The command and its arguments; everything after the first word belongs to it.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the command and returns its exit code (or 125 when agentkernel fails).
+pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    let config = Config::load(args.config.as_deref())?;
+    let image_name = choose_image(&args, &config)?;
+    let reference: ImageReference = image_name
+        .parse()
+        .with_context(|| "cannot run: the image reference is invalid")?;
+    let profile = args
+        .profile
+        .or(config.security.profile)
+        .unwrap_or(Profile::Moderate);
+
+    let store = ImageStore::open(root)
+        .with_context(|| format!("cannot open the image cache in {}", root.display()))?;
+    let image = match store.lookup(&reference)? {
+        Some(image) => image,
+        None => pull_image(&store, &reference, registry_config(&config))?,
+    };
+
+    let id = sandbox_id(&config, args.keep);
+    let request = SandboxRequest {
+        id: id.clone(),
+        state_root: root.join("containers"),
+        sandbox_dir: root.join("sandboxes").join(&id),
+        lower_dirs: image.layer_dirs.iter().rev().cloned().collect(),
+        image: run_config(&image),
+        command: args.command,
+        profile,
+        keep: args.keep,
+    };
+    let result = sandbox::run(request);
+    if args.keep {
+        eprintln!("agentkernel: kept sandbox {id}");
+    }
+    match result {
+        Ok(code) => Ok(code),
+        Err(RunError::Exec { code, message }) => {
+            eprintln!("agentkernel: {message}");
+            Ok(code)
+        }
+        Err(RunError::Sandbox(error)) => {
+            let error = error.context(format!("cannot start a sandbox for {reference}"));
+            Ok(report(&error, Some(SANDBOX_HINT)).max(EXIT_AGENTKERNEL_FAILED))
+        }
+    }
+}
+
+/// `--image`, else the config's `base_image` or `runtime`, else detection by command.
+fn choose_image(args: &RunArgs, config: &Config) -> anyhow::Result<String> {
+    if let Some(image) = &args.image {
+        return Ok(image.clone());
+    }
+    if let Some(image) = &config.sandbox.base_image {
+        return Ok(image.clone());
+    }
+    if let Some(runtime) = &config.sandbox.runtime {
+        return image_for_runtime(runtime).map(str::to_owned).with_context(|| {
+            format!(
+                "invalid [sandbox] runtime = {runtime:?}: expected python, node, go, rust, ruby or base"
+            )
+        });
+    }
+    Ok(image_for_command(&args.command[0]).to_owned())
+}
+
+fn sandbox_id(config: &Config, keep: bool) -> String {
+    match (&config.sandbox.name, keep) {
+        (Some(name), true) => name.clone(),
+        _ => format!("run-{:08x}", rand::random::<u32>()),
+    }
+}
+
+fn run_config(image: &Image) -> ImageRunConfig {
+    let process = image.config.config.clone().unwrap_or_default();
+    ImageRunConfig {
+        env: process.env.unwrap_or_default(),
+        working_dir: process.working_dir.filter(|dir| !dir.is_empty()),
+        user: process.user.filter(|user| !user.is_empty()),
+        entrypoint: process.entrypoint.unwrap_or_default(),
+        cmd: process.cmd.unwrap_or_default(),
+    }
+}

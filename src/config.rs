@@ -1,0 +1,229 @@
+//! agentkernel.toml: the project's sandbox settings.
+//!
+//! Read from `--config FILE`, else `./agentkernel.toml` when it exists. Command-line flags
+//! override the file, and the file overrides the profile's defaults. Unknown keys produce a
+//! warning that names the key and the file; invalid values are errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::profile::Profile;
+
+/// The parsed file; every section is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `[sandbox]`.
+    pub sandbox: SandboxSection,
+    /// `[security]`.
+    pub security: SecuritySection,
+    /// `[resources]`.
+    pub resources: ResourcesSection,
+    /// `[registry]`.
+    pub registry: RegistrySection,
+}
+
+/// `[sandbox]`: what runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SandboxSection {
+    /// The sandbox name used with `--keep`.
+    pub name: Option<String>,
+    /// A language shorthand (`python`, `node`, `go`, `rust`, `ruby`, `base`).
+    pub runtime: Option<String>,
+    /// An image reference; overrides `runtime`.
+    pub base_image: Option<String>,
+}
+
+/// `[security]`: the profile and its overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SecuritySection {
+    /// `permissive`, `moderate` or `restrictive`.
+    pub profile: Option<Profile>,
+    /// Whether the sandbox has a network.
+    pub network: Option<bool>,
+    /// Whether the current directory is mounted at /workspace.
+    pub mount_cwd: Option<bool>,
+    /// A seccomp profile name or the path of an OCI seccomp JSON file.
+    pub seccomp: Option<String>,
+}
+
+/// `[resources]`: limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ResourcesSection {
+    /// CPUs the sandbox may use.
+    pub vcpus: Option<f64>,
+    /// Memory limit in MiB.
+    pub memory_mb: Option<u64>,
+}
+
+/// `[registry]`: where images come from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RegistrySection {
+    /// Registry host to mirror URL, e.g. `"docker.io" = "http://127.0.0.1:5000"`.
+    pub mirrors: BTreeMap<String, String>,
+    /// Registries reached over plain HTTP (loopback registries always are).
+    pub insecure: Vec<String>,
+    /// PEM CA certificate files trusted for registry TLS, relative to the config file.
+    pub ca_files: Vec<PathBuf>,
+}
+
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    ("sandbox", &["name", "runtime", "base_image"]),
+    (
+        "security",
+        &[
+            "profile",
+            "network",
+            "mount_cwd",
+            "seccomp",
+            "domains",
+            "commands",
+        ],
+    ),
+    ("resources", &["vcpus", "memory_mb"]),
+    ("registry", &["mirrors", "insecure", "ca_files"]),
+    ("agent", &["preferred", "compatibility_mode"]),
+    ("network", &["vsock_cid"]),
+    ("build", &[]),
+    ("files", &[]),
+];
+
+impl Config {
+    /// Loads `explicit`, or `./agentkernel.toml` if present, or the empty configuration.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+        let path = match explicit {
+            Some(path) => path.to_owned(),
+            None => {
+                let local = PathBuf::from("agentkernel.toml");
+                if !local.is_file() {
+                    return Ok(Config::default());
+                }
+                local
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config = Config::parse(&text, &path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for ca in &mut config.registry.ca_files {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses the text of `path`, warning on stderr about keys this version does not use.
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
+        let table: toml::Table =
+            toml::from_str(text).with_context(|| format!("invalid TOML in {}", path.display()))?;
+        for warning in unknown_keys(&table) {
+            eprintln!(
+                "agentkernel: warning: unknown key {warning} in {}, ignored",
+                path.display()
+            );
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        if let Some(vcpus) = config.resources.vcpus {
+            if !(vcpus > 0.0 && vcpus.is_finite()) {
+                bail!(
+                    "{}: invalid resources.vcpus = {vcpus}: expected a number of CPUs above 0",
+                    path.display()
+                );
+            }
+        }
+        if config.resources.memory_mb == Some(0) {
+            bail!(
+                "{}: invalid resources.memory_mb = 0: expected a limit in MiB above 0",
+                path.display()
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn unknown_keys(table: &toml::Table) -> Vec<String> {
+    let mut unknown = Vec::new();
+    for (section, value) in table {
+        let Some((_, keys)) = KNOWN_KEYS.iter().find(|(name, _)| name == section) else {
+            unknown.push(section.clone());
+            continue;
+        };
+        if keys.is_empty() {
+            continue;
+        }
+        if let Some(inner) = value.as_table() {
+            for key in inner.keys() {
+                if !keys.contains(&key.as_str()) {
+                    unknown.push(format!("{section}.{key}"));
+                }
+            }
+        }
+    }
+    unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_full_file() {
+        let text = r#"
+            [sandbox]
+            name = "my-app"
+            base_image = "python:3.12-alpine"
+            [security]
+            profile = "restrictive"
+            network = false
+            [resources]
+            vcpus = 2
+            memory_mb = 1024
+            [registry]
+            mirrors = { "docker.io" = "http://127.0.0.1:5000" }
+        "#;
+        let config = Config::parse(text, Path::new("agentkernel.toml")).unwrap();
+        assert_eq!(config.sandbox.name.as_deref(), Some("my-app"));
+        assert_eq!(
+            config.sandbox.base_image.as_deref(),
+            Some("python:3.12-alpine")
+        );
+        assert_eq!(config.security.profile, Some(Profile::Restrictive));
+        assert_eq!(config.security.network, Some(false));
+        assert_eq!(config.resources.vcpus, Some(2.0));
+        assert_eq!(config.resources.memory_mb, Some(1024));
+        assert_eq!(
+            config.registry.mirrors.get("docker.io").map(String::as_str),
+            Some("http://127.0.0.1:5000")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_listed() {
+        let table: toml::Table =
+            toml::from_str("[sandbox]\nname='x'\nimage='y'\n[extra]\na=1\n").unwrap();
+        assert_eq!(unknown_keys(&table), vec!["extra", "sandbox.image"]);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let error = Config::parse("[security]\nprofile = \"paranoid\"\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("a.toml"), "{error}");
+        assert!(error.contains("paranoid"), "{error}");
+        let error = Config::parse("[resources]\nvcpus = -1\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("resources.vcpus = -1"), "{error}");
+    }
+}
