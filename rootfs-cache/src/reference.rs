@@ -75,6 +75,9 @@ impl FromStr for ImageReference {
             reason,
         };
         let inner: Reference = text.parse().map_err(|e| invalid(format!("{e}")))?;
+        if inner.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("repository names must be lowercase".to_owned()));
+        }
         if let Some(digest) = inner.digest() {
             digest
                 .parse::<Digest>()
