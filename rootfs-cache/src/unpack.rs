@@ -1,19 +1,20 @@
 //! Unpacking of OCI image layers into overlayfs lower directories.
 //!
 //! Each layer is applied once into its own empty directory, the way containerd's overlay
-//! snapshotter applies a layer into a snapshot's upper directory: an OCI whiteout
-//! `dir/.wh.NAME` becomes the overlayfs whiteout (character device 0/0 `dir/NAME`) and an
-//! opaque marker `dir/.wh..wh..opq` becomes the xattr `trusted.overlay.opaque=y` on `dir`.
-//! The layer directories can then be stacked as overlayfs `lowerdir`s.
+//! snapshotter applies a layer into a snapshot's upper directory. An OCI whiteout
+//! `dir/.wh.NAME` becomes the overlayfs whiteout, a character device 0/0 at `dir/NAME`.
+//! An opaque marker `dir/.wh..wh..opq` becomes the xattr `trusted.overlay.opaque=y` on
+//! `dir`. The layer directories can then be stacked as overlayfs `lowerdir`s.
 //!
 //! Every entry path is resolved inside the destination directory as if it were `/`.
 //! Parent directories are opened with `openat2(RESOLVE_IN_ROOT)`, or walked one component
-//! at a time with `O_NOFOLLOW` when directories must be created, and the final component
-//! is created with `*at` calls that never follow a symlink. So `..`, absolute paths and
+//! at a time with `O_NOFOLLOW` when directories must be created. The final component is
+//! created with `*at` calls that never follow a symlink. So `..`, absolute paths and
 //! symlinks that point outside the destination all stay inside it.
 
 mod entry;
 mod lower;
+mod metadata;
 mod tree;
 
 use std::io::{self, BufReader, Read};
@@ -111,7 +112,7 @@ pub enum UnpackError {
     InvalidEntry {
         /// Entry path as written in the archive.
         path: String,
-        /// What is wrong with the entry.
+        /// The problem with the entry.
         reason: String,
     },
     /// A filesystem operation for an entry failed.
@@ -150,10 +151,10 @@ fn describe_entry(entry: &Option<String>) -> String {
 /// Unpacks one layer blob into `dest` in overlayfs format and returns its diff ID.
 ///
 /// `dest` must be an existing empty directory. `parents` are the already unpacked lower
-/// layer directories, nearest first. They supply the mode, owner, xattrs and mtime of
-/// directories that this layer implies without listing them, and the files that
-/// hardlinks in this layer point to when the target is not in this layer (the target is
-/// copied into `dest` first). `parents` are only read.
+/// layer directories, nearest first, and are only read. A directory that this layer
+/// implies without listing it, including the layer root, gets the mode, owner, xattrs and
+/// mtime of the same directory in the nearest parent layer, or 0755 root:root. A hardlink
+/// whose target is only in a parent layer gets a copy of that target in `dest`.
 ///
 /// The whole stream is read, including bytes after the end-of-archive marker, so the
 /// returned diff ID can be checked against the image config. On error, `dest` holds a

@@ -304,7 +304,7 @@ impl Sandbox {
     }
 }
 
-/// A name for probing the host's `/`, unique to this process and test.
+/// Returns a name for probing the host's `/`, unique to this process and test.
 fn host_probe(test: &str) -> String {
     format!("agentkernel-unpack-probe-{}-{test}", std::process::id())
 }
@@ -728,6 +728,32 @@ fn same_path_twice_last_wins() {
 }
 
 #[test]
+fn dangling_symlink_parent_creates_target() {
+    let base = tempfile::tempdir().unwrap();
+    let dest = new_dest(base.path(), "layer");
+    let tar = layer(vec![
+        symlink_entry("lib", "usr/lib"),
+        file("lib/libc.so", 0o755, b"relative"),
+        symlink_entry("sub/data", "/opt/data"),
+        file("sub/data/file", 0o644, b"absolute"),
+    ]);
+    unpack(&tar, &dest, &[]).unwrap();
+
+    assert_eq!(
+        fs::read_link(dest.join("lib")).unwrap(),
+        Path::new("usr/lib")
+    );
+    assert_eq!(fs::read(dest.join("usr/lib/libc.so")).unwrap(), b"relative");
+    assert_eq!(mode(&dest.join("usr/lib")), 0o755);
+    assert_eq!(
+        fs::read_link(dest.join("sub/data")).unwrap(),
+        Path::new("/opt/data")
+    );
+    assert_eq!(fs::read(dest.join("opt/data/file")).unwrap(), b"absolute");
+    assert!(!exists(&dest.join("sub/opt")));
+}
+
+#[test]
 fn long_names_from_gnu_and_pax() {
     let base = tempfile::tempdir().unwrap();
     let dest = new_dest(base.path(), "layer");
@@ -896,6 +922,40 @@ fn implied_parents_copy_nearest_parent_layer() {
     // farther layer's directories.
     assert_eq!(mode(&dest.join("srv")), 0o755);
     assert_eq!(mode(&dest.join("gone")), 0o755);
+}
+
+#[test]
+fn layer_root_inherits_parent_root() {
+    let base = tempfile::tempdir().unwrap();
+    let parent = new_dest(base.path(), "parent");
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o700)).unwrap();
+    unpack(&layer(vec![file("a", 0o644, b"")]), &parent, &[]).unwrap();
+    // Without a `./` entry or a parent layer, the root gets the default directory mode
+    // instead of the mode the caller created it with.
+    assert_eq!(mode(&parent), 0o755);
+
+    let styled = new_dest(base.path(), "styled");
+    let tar = layer(vec![Spec {
+        uid: 5,
+        gid: 6,
+        mtime: 1_222_333_444,
+        pax: vec![xattr_record("user.root", b"r")],
+        ..dir("./", 0o751)
+    }]);
+    unpack(&tar, &styled, &[]).unwrap();
+
+    let dest = new_dest(base.path(), "layer");
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o700)).unwrap();
+    unpack(
+        &layer(vec![file("b", 0o644, b"")]),
+        &dest,
+        &[styled, parent],
+    )
+    .unwrap();
+    assert_eq!(mode(&dest), 0o751);
+    assert_eq!(owner(&dest), (5, 6));
+    assert_eq!(xattr(&dest, "user.root"), Some(b"r".to_vec()));
+    assert_eq!(fs::symlink_metadata(&dest).unwrap().mtime(), 1_222_333_444);
 }
 
 #[test]
@@ -1217,6 +1277,7 @@ fn hostile_whiteouts_stay_inside() {
     assert_host_probe_absent(&whiteout_probe);
     assert_host_probe_absent(&opaque_probe);
     result.unwrap();
+
     // `../.wh.canary` whites out `canary` at the layer root, and `link/.wh.secret` then
     // walks `link` -> `dest/canary`, which is that whiteout and becomes an opaque dir.
     let canary = sandbox.dest.join("canary");

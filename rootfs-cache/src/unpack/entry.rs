@@ -7,7 +7,8 @@ use rustix::fs::{FileType, Timespec, Timestamps};
 use tar::{EntryType, Header};
 
 use super::UnpackError;
-use super::tree::{Metadata, Tree};
+use super::metadata::Metadata;
+use super::tree::Tree;
 
 /// Name prefix of an OCI whiteout file.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -94,8 +95,8 @@ fn apply_entry<R: Read>(
     let header = entry.header().clone();
     let mut kind = header.entry_type();
     if kind.is_pax_global_extensions() {
-        // Global PAX records carry defaults such as a comment; OCI layer writers do not
-        // use them for paths or metadata.
+        // containerd and Docker skip global PAX headers too (git archive writes one with
+        // the commit ID), so their records never change later entries.
         return Ok(());
     }
     let pax = pax_records(entry).map_err(|source| UnpackError::Read {
@@ -332,6 +333,7 @@ fn parse_pax_time(value: &[u8]) -> Result<Timespec, String> {
     {
         return Err(invalid());
     }
+
     let seconds: i64 = seconds.parse().map_err(|_| invalid())?;
     // Digits past nanoseconds are truncated.
     let mut nanos: i64 = 0;
@@ -339,6 +341,8 @@ fn parse_pax_time(value: &[u8]) -> Result<Timespec, String> {
         let digit = fraction.as_bytes().get(position).map_or(0, |b| b - b'0');
         nanos = nanos * 10 + i64::from(digit);
     }
+
+    // A negative time with a fraction, such as -1.25, is -2 s plus 0.75 s.
     let time = if negative && nanos > 0 {
         Timespec {
             tv_sec: -seconds - 1,

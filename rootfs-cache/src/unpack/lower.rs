@@ -10,7 +10,8 @@ use rustix::io::Errno;
 
 use super::UnpackError;
 use super::entry::OVERLAY_XATTR_PREFIX;
-use super::tree::{Metadata, is_whiteout, proc_path};
+use super::metadata::{Metadata, proc_path};
+use super::tree::is_whiteout;
 
 /// Parent layer directories, nearest first.
 pub(super) struct Lowers {
@@ -87,6 +88,19 @@ impl Lowers {
             }
         }
         Ok(None)
+    }
+
+    /// Returns the metadata of the nearest parent layer's root directory.
+    pub fn root_metadata(&self) -> rustix::io::Result<Option<Metadata>> {
+        let Some(layer) = self.layers.first() else {
+            return Ok(None);
+        };
+        let root = Entry {
+            dir: rustix::io::fcntl_dupfd_cloexec(layer, 0)?,
+            name: b".".to_vec(),
+            stat: rustix::fs::fstat(layer)?,
+        };
+        root.metadata().map(Some)
     }
 
     /// Returns the metadata of the directory at `components` in the nearest parent layer

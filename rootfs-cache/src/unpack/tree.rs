@@ -1,9 +1,8 @@
 //! Filesystem operations confined to the destination directory of one layer.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
@@ -12,25 +11,14 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use super::UnpackError;
-use super::lower::{self, Lowers};
+use super::lower::Lowers;
+use super::metadata::{Metadata, set_fd_metadata, set_metadata_at};
 
-/// Maximum number of symlinks followed while creating one entry's parent directories,
-/// the same as the kernel's `MAXSYMLINKS`.
-const MAX_SYMLINKS: usize = 40;
-const TOO_MANY_SYMLINKS: &str = "too many levels of symbolic links in parent path";
+mod hardlink;
+mod parents;
+
 /// Xattr that marks an overlayfs directory as hiding the lower layers.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-
-/// Mode, owner, times and xattrs to apply to one filesystem object.
-#[derive(Debug, Clone)]
-pub(super) struct Metadata {
-    /// Permission bits including setuid, setgid and sticky.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub times: Timestamps,
-    pub xattrs: Vec<(CString, Vec<u8>)>,
-}
 
 /// The destination directory of a layer being unpacked, and its parent layers.
 pub(super) struct Tree {
@@ -39,6 +27,8 @@ pub(super) struct Tree {
     /// Directory times, applied by [`Tree::finish`] because creating entries in a
     /// directory changes its mtime.
     dir_times: Vec<(Vec<Vec<u8>>, Timestamps)>,
+    /// Whether an entry of this layer named the root (`./`).
+    root_listed: bool,
     copy_buffer: Vec<u8>,
 }
 
@@ -86,14 +76,6 @@ fn open_child_dir(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedF
     )
 }
 
-/// Path that names `name` inside the directory `dir` without following a symlink at
-/// `name`, for the `l*xattr` calls that have no `*at` form.
-pub(super) fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
-    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    path.extend_from_slice(name);
-    path
-}
-
 fn join(components: &[Vec<u8>]) -> Vec<u8> {
     if components.is_empty() {
         return b".".to_vec();
@@ -122,108 +104,6 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
         remove_entry(child.as_fd(), &entry_name)?;
     }
     rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-}
-
-/// Applies owner, mode and xattrs (and times unless `set_times` is false) to an open
-/// regular file or directory, in an order that keeps setuid bits and capabilities:
-/// chown clears both, so chmod and setxattr come after it.
-fn set_fd_metadata(
-    fd: BorrowedFd<'_>,
-    metadata: &Metadata,
-    set_times: bool,
-) -> rustix::io::Result<()> {
-    rustix::fs::fchown(
-        fd,
-        Some(Uid::from_raw(metadata.uid)),
-        Some(Gid::from_raw(metadata.gid)),
-    )?;
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(metadata.mode))?;
-    for (name, value) in &metadata.xattrs {
-        rustix::fs::fsetxattr(fd, name.as_c_str(), value, XattrFlags::empty())?;
-    }
-    if set_times {
-        rustix::fs::futimens(fd, &metadata.times)?;
-    }
-    Ok(())
-}
-
-/// Applies owner, mode, xattrs and times to `name` in `dir` without following a symlink
-/// at `name`. The mode is not applied to symlinks, which have none on Linux.
-fn set_metadata_at(
-    dir: BorrowedFd<'_>,
-    name: &[u8],
-    metadata: &Metadata,
-    is_symlink: bool,
-) -> rustix::io::Result<()> {
-    rustix::fs::chownat(
-        dir,
-        name,
-        Some(Uid::from_raw(metadata.uid)),
-        Some(Gid::from_raw(metadata.gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    if !is_symlink {
-        // `name` is a device or fifo that the caller created in a directory that only
-        // this process writes, so following the final component reaches that node.
-        rustix::fs::chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(metadata.mode),
-            AtFlags::empty(),
-        )?;
-    }
-    if !metadata.xattrs.is_empty() {
-        let path = proc_path(dir, name);
-        for (name, value) in &metadata.xattrs {
-            rustix::fs::lsetxattr(&path, name.as_c_str(), value, XattrFlags::empty())?;
-        }
-    }
-    rustix::fs::utimensat(dir, name, &metadata.times, AtFlags::SYMLINK_NOFOLLOW)
-}
-
-/// Creates a directory that an entry implies without listing it.
-fn make_implied_dir(
-    lowers: &Lowers,
-    dir_times: &mut Vec<(Vec<Vec<u8>>, Timestamps)>,
-    parent: BorrowedFd<'_>,
-    name: &[u8],
-    physical: &[Vec<u8>],
-    replaces_whiteout: bool,
-    path: &str,
-) -> Result<OwnedFd, UnpackError> {
-    let metadata = if replaces_whiteout {
-        None
-    } else {
-        lowers
-            .dir_metadata(physical)
-            .map_err(io_error(path, "read parent layer directory"))?
-    };
-    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
-        .map_err(io_error(path, "create parent directory"))?;
-    let fd = open_child_dir(parent, name).map_err(io_error(path, "open parent"))?;
-    let metadata = match metadata {
-        Some(metadata) => {
-            dir_times.push((physical.to_vec(), metadata.times.clone()));
-            metadata
-        }
-        None => Metadata {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            times: Timestamps {
-                last_access: Default::default(),
-                last_modification: Default::default(),
-            },
-            xattrs: Vec::new(),
-        },
-    };
-    set_fd_metadata(fd.as_fd(), &metadata, false)
-        .map_err(io_error(path, "set parent directory metadata"))?;
-    if replaces_whiteout {
-        rustix::fs::fsetxattr(&fd, OPAQUE_XATTR, b"y", XattrFlags::empty())
-            .map_err(io_error(path, "mark parent directory opaque"))?;
-    }
-    Ok(fd)
 }
 
 impl Tree {
@@ -256,6 +136,7 @@ impl Tree {
             root,
             lowers,
             dir_times: Vec::new(),
+            root_listed: false,
             copy_buffer: vec![0; 128 * 1024],
         })
     }
@@ -277,116 +158,6 @@ impl Tree {
                 Err(Errno::AGAIN) => continue,
                 result => return result,
             }
-        }
-    }
-
-    /// Opens the directory at `components`, creating missing directories on the way.
-    pub fn ensure_dir(
-        &mut self,
-        components: &[Vec<u8>],
-        path: &str,
-    ) -> Result<OwnedFd, UnpackError> {
-        match self.resolve_dir(components) {
-            Ok(dir) => Ok(dir),
-            Err(Errno::NOENT | Errno::NOTDIR) => self.create_dirs(components, path),
-            Err(Errno::LOOP) => Err(invalid(path, TOO_MANY_SYMLINKS.to_owned())),
-            Err(error) => Err(io_error(path, "open parent directory")(error)),
-        }
-    }
-
-    /// Walks `components` one at a time from the root with `O_NOFOLLOW`, following
-    /// symlinks by hand, and creates missing directories.
-    ///
-    /// `..` pops the stack of opened directories and absolute symlink targets restart at
-    /// the root, so the walk cannot leave the destination. A created directory takes its
-    /// metadata from the same directory in the nearest parent layer (0755 root:root if
-    /// none). A whiteout on the way is replaced by an opaque directory, because the layer
-    /// removes the lower directory and then adds entries under the same name.
-    fn create_dirs(&mut self, components: &[Vec<u8>], path: &str) -> Result<OwnedFd, UnpackError> {
-        let mut pending: std::collections::VecDeque<Vec<u8>> = components.iter().cloned().collect();
-        let mut stack: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
-        let mut symlinks = 0;
-
-        while let Some(name) = pending.pop_front() {
-            if name.is_empty() || name == b"." {
-                continue;
-            }
-            if name == b".." {
-                stack.pop();
-                continue;
-            }
-            let current = match stack.last() {
-                Some((_, fd)) => fd.as_fd(),
-                None => self.root.as_fd(),
-            };
-            let existing = lstat_at(current, &name).map_err(io_error(path, "stat parent"))?;
-            let mut physical: Vec<Vec<u8>> = stack.iter().map(|(n, _)| n.clone()).collect();
-            physical.push(name.clone());
-            match existing {
-                Some(stat) if is_dir(&stat) => {}
-                Some(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => {
-                    symlinks += 1;
-                    if symlinks > MAX_SYMLINKS {
-                        return Err(invalid(path, TOO_MANY_SYMLINKS.to_owned()));
-                    }
-                    let target = rustix::fs::readlinkat(current, &name, Vec::new())
-                        .map_err(io_error(path, "read symlink in parent path"))?;
-                    let target = target.into_bytes();
-                    if target.starts_with(b"/") {
-                        stack.clear();
-                    }
-                    for part in target.rsplit(|byte| *byte == b'/') {
-                        pending.push_front(part.to_vec());
-                    }
-                    continue;
-                }
-                Some(stat) if is_whiteout(&stat) => {
-                    rustix::fs::unlinkat(current, &name, AtFlags::empty())
-                        .map_err(io_error(path, "remove whiteout"))?;
-                    let fd = make_implied_dir(
-                        &self.lowers,
-                        &mut self.dir_times,
-                        current,
-                        &name,
-                        &physical,
-                        true,
-                        path,
-                    )?;
-                    stack.push((name, fd));
-                    continue;
-                }
-                Some(_) => {
-                    return Err(invalid(
-                        path,
-                        format!(
-                            "parent path component {:?} is not a directory",
-                            printable(&physical.join(&b'/'))
-                        ),
-                    ));
-                }
-                None => {
-                    let fd = make_implied_dir(
-                        &self.lowers,
-                        &mut self.dir_times,
-                        current,
-                        &name,
-                        &physical,
-                        false,
-                        path,
-                    )?;
-                    stack.push((name, fd));
-                    continue;
-                }
-            }
-            let fd = open_child_dir(current, &name).map_err(io_error(path, "open parent"))?;
-            stack.push((name, fd));
-        }
-
-        match stack.pop() {
-            Some((_, fd)) => Ok(fd),
-            None => self
-                .resolve_dir(&[])
-                .map_err(io_error(path, "open layer root")),
         }
     }
 
@@ -517,7 +288,32 @@ impl Tree {
         set_fd_metadata(self.root.as_fd(), metadata, false)
             .map_err(io_error(path, "set layer root metadata"))?;
         self.dir_times.push((Vec::new(), metadata.times.clone()));
+        self.root_listed = true;
         Ok(())
+    }
+
+    /// Gives the layer root the metadata of the nearest parent layer's root, or 0755
+    /// root:root without parents, unless this layer has a root entry. Overlayfs shows the
+    /// topmost layer's root as `/`, so the mode of the directory that the caller created
+    /// must not leak into the image.
+    fn inherit_root_metadata(&mut self) -> Result<(), UnpackError> {
+        if self.root_listed {
+            return Ok(());
+        }
+        let path = ".";
+        let metadata = self
+            .lowers
+            .root_metadata()
+            .map_err(io_error(path, "read parent layer root"))?;
+        let metadata = match metadata {
+            Some(metadata) => {
+                self.dir_times.push((Vec::new(), metadata.times.clone()));
+                metadata
+            }
+            None => Metadata::default_dir(),
+        };
+        set_fd_metadata(self.root.as_fd(), &metadata, false)
+            .map_err(io_error(path, "set layer root metadata"))
     }
 
     /// Creates the symlink `parent/name` pointing to `target`, which is stored as is.
@@ -584,142 +380,11 @@ impl Tree {
             .map_err(io_error(path, "mark directory opaque"))
     }
 
-    /// Creates the hardlink `parent/name` to `target`.
-    ///
-    /// The target's parent is resolved like any entry path and its final component is
-    /// not followed, so a link to a symlink links the symlink itself. A target that is
-    /// not in this layer is copied up from the nearest parent layer first.
-    pub fn create_hardlink(
-        &mut self,
-        parent: &[Vec<u8>],
-        name: &[u8],
-        target: &[Vec<u8>],
-        path: &str,
-    ) -> Result<(), UnpackError> {
-        let target_text = printable(&join(target));
-        let Some((target_name, target_parent)) = target.split_last() else {
-            return Err(invalid(
-                path,
-                "hardlink target is the layer root".to_owned(),
-            ));
-        };
-        let mut found = self.find_in_layer(target_parent, target_name, path)?;
-        if found.is_none() {
-            let Some(lower) = self
-                .lowers
-                .find(target)
-                .map_err(io_error(path, "look up hardlink target in parent layers"))?
-            else {
-                return Err(invalid(
-                    path,
-                    format!(
-                        "hardlink target {target_text:?} not found in this layer or its parent layers"
-                    ),
-                ));
-            };
-            self.copy_up(target_parent, target_name, &lower, path)?;
-            found = self.find_in_layer(target_parent, target_name, path)?;
-        }
-        let Some((target_dir, target_stat)) = found else {
-            return Err(invalid(
-                path,
-                format!("hardlink target {target_text:?} vanished after copy-up"),
-            ));
-        };
-        if is_dir(&target_stat) {
-            return Err(invalid(
-                path,
-                format!("hardlink target {target_text:?} is a directory"),
-            ));
-        }
-        if is_whiteout(&target_stat) {
-            return Err(invalid(
-                path,
-                format!("hardlink target {target_text:?} was removed by a whiteout in this layer"),
-            ));
-        }
-
-        let dir = self.ensure_dir(parent, path)?;
-        if let Some(existing) =
-            lstat_at(dir.as_fd(), name).map_err(io_error(path, "stat existing entry"))?
-        {
-            if existing.st_dev == target_stat.st_dev && existing.st_ino == target_stat.st_ino {
-                return Ok(());
-            }
-            remove_entry(dir.as_fd(), name).map_err(io_error(path, "remove existing entry"))?;
-        }
-        rustix::fs::linkat(&target_dir, target_name, &dir, name, AtFlags::empty())
-            .map_err(io_error(path, "create hardlink"))
-    }
-
-    /// Looks up `parent/name` in this layer without following a symlink at `name`.
-    fn find_in_layer(
-        &self,
-        parent: &[Vec<u8>],
-        name: &[u8],
-        path: &str,
-    ) -> Result<Option<(OwnedFd, Stat)>, UnpackError> {
-        let dir = match self.resolve_dir(parent) {
-            Ok(dir) => dir,
-            Err(Errno::NOENT) => return Ok(None),
-            Err(error) => return Err(io_error(path, "open hardlink target directory")(error)),
-        };
-        let stat = lstat_at(dir.as_fd(), name).map_err(io_error(path, "stat hardlink target"))?;
-        Ok(stat.map(|stat| (dir, stat)))
-    }
-
-    /// Copies a file, symlink or device node from a parent layer into this layer at
-    /// `parent/name`, with its content, mode, owner, xattrs and times.
-    fn copy_up(
-        &mut self,
-        parent: &[Vec<u8>],
-        name: &[u8],
-        lower: &lower::Entry,
-        path: &str,
-    ) -> Result<(), UnpackError> {
-        let metadata = lower
-            .metadata()
-            .map_err(io_error(path, "read hardlink target in parent layer"))?;
-        match FileType::from_raw_mode(lower.stat.st_mode) {
-            FileType::RegularFile => {
-                let source = lower
-                    .open_file()
-                    .map_err(io_error(path, "open hardlink target in parent layer"))?;
-                let file = self.create_file(parent, name, path)?;
-                io::copy(&mut &source, &mut &file)
-                    .map_err(io_error(path, "copy hardlink target from parent layer"))?;
-                self.set_fd_metadata(&file, &metadata, true, path)
-            }
-            FileType::Symlink => {
-                let target = lower
-                    .read_link()
-                    .map_err(io_error(path, "read hardlink target in parent layer"))?;
-                self.create_symlink(parent, name, &target, &metadata, path)
-            }
-            file_type @ (FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo) => {
-                self.create_node(parent, name, file_type, lower.stat.st_rdev, &metadata, path)
-            }
-            FileType::Directory => {
-                let mut target = parent.to_vec();
-                target.push(name.to_vec());
-                Err(invalid(
-                    path,
-                    format!(
-                        "hardlink target {:?} is a directory",
-                        printable(&join(&target))
-                    ),
-                ))
-            }
-            other => Err(invalid(
-                path,
-                format!("hardlink target in a parent layer has unsupported type {other:?}"),
-            )),
-        }
-    }
-
-    /// Sets the recorded directory times, deepest directories first. Directories that a
-    /// later entry replaced with a non-directory are skipped.
+    /// Completes the layer: sets the root's inherited metadata, then the recorded
+    /// directory times, deepest directories first. Directories that a later entry
+    /// replaced with a non-directory are skipped.
     pub fn finish(mut self) -> Result<(), UnpackError> {
+        self.inherit_root_metadata()?;
         let mut dir_times = std::mem::take(&mut self.dir_times);
         // A stable sort keeps the last entry for a path after earlier ones.
         dir_times.sort_by_key(|(components, _)| std::cmp::Reverse(components.len()));
