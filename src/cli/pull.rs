@@ -78,7 +78,16 @@ fn pull_with_policy(
         .enable_all()
         .build()
         .context("cannot start the async runtime for pulling")?;
-    let result = runtime.block_on(store.pull(reference, &options));
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = store.pull(reference, &options) => result.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!(
+                "interrupted; the cache keeps only complete, verified entries, so run the command again to resume"
+            )),
+        }
+    });
+    // Dropping the runtime waits for a layer that is being unpacked on a blocking thread;
+    // its staging directory is removed, so nothing partial stays in the cache.
     drop(runtime);
     result.with_context(|| format!("cannot pull {reference}"))
 }
