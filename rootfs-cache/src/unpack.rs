@@ -15,12 +15,16 @@
 mod entry;
 mod lower;
 mod metadata;
+mod sparse;
+mod stream;
 mod tree;
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use stream::{Decoder, HashingReader};
 
 /// Compression of a layer blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,62 +205,6 @@ pub fn unpack_layer(
         diff_id: format!("sha256:{}", hex::encode(stream.hasher.finalize())),
         bytes: stream.bytes,
     })
-}
-
-/// Decompressor for one layer blob.
-enum Decoder<R: Read> {
-    Plain(BufReader<R>),
-    Gzip(Box<flate2::read::MultiGzDecoder<R>>),
-    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
-}
-
-impl<R: Read> Decoder<R> {
-    fn new(blob: R, compression: Compression) -> io::Result<Self> {
-        Ok(match compression {
-            Compression::None => Decoder::Plain(BufReader::with_capacity(64 * 1024, blob)),
-            Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(blob))),
-            Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::new(blob)?),
-        })
-    }
-}
-
-impl<R: Read> Read for Decoder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Decoder::Plain(reader) => reader.read(buf),
-            Decoder::Gzip(reader) => reader.read(buf),
-            Decoder::Zstd(reader) => reader.read(buf),
-        }
-    }
-}
-
-/// Reader that hashes and counts the uncompressed stream and fails once it passes `limit`.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-    limit: u64,
-    exceeded: bool,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.exceeded {
-            return Err(io::Error::other(
-                "layer exceeds the maximum uncompressed size",
-            ));
-        }
-        let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
-        if self.bytes > self.limit {
-            self.exceeded = true;
-            return Err(io::Error::other(
-                "layer exceeds the maximum uncompressed size",
-            ));
-        }
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Tests of `unpack_layer` against real tar archives and a real filesystem.
 //!
 //! They create device nodes, chown files and set `trusted.*` and `security.*` xattrs, so
-//! they must run as root on a filesystem with xattr support.
+//! they must run as root on a filesystem with xattr support. One test runs GNU `tar`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,7 +28,7 @@ struct Spec<'a> {
     link: &'a [u8],
     data: &'a [u8],
     device: (u32, u32),
-    pax: Vec<(String, Vec<u8>)>,
+    pax: PaxRecords,
 }
 
 impl Default for Spec<'_> {
@@ -842,6 +842,189 @@ fn sparse_file_keeps_content_and_holes() {
     assert!(fs::metadata(&unpacked).unwrap().blocks() * 512 < 1 << 20);
 }
 
+type PaxRecords = Vec<(String, Vec<u8>)>;
+
+fn pax(records: &[(&str, &str)]) -> PaxRecords {
+    records
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Returns the data of a version 1.0 PAX sparse entry: the map, padded to a block,
+/// then the segments.
+fn sparse_1_0_data(segments: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut data = format!("{}\n", segments.len()).into_bytes();
+    for (offset, content) in segments {
+        data.extend_from_slice(format!("{offset}\n{}\n", content.len()).as_bytes());
+    }
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    for (_, content) in segments {
+        data.extend_from_slice(content);
+    }
+    data
+}
+
+#[test]
+fn pax_sparse_formats_expand() {
+    let base = tempfile::tempdir().unwrap();
+    let data_1_0 = sparse_1_0_data(&[(0, b"hello"), (1_048_000, b"end")]);
+    let tar = layer(vec![
+        Spec {
+            name: b"dir/GNUSparseFile.1/v1",
+            data: &data_1_0,
+            pax: pax(&[
+                ("GNU.sparse.major", "1"),
+                ("GNU.sparse.minor", "0"),
+                ("GNU.sparse.name", "dir/v1"),
+                ("GNU.sparse.realsize", "1048576"),
+            ]),
+            ..Spec::default()
+        },
+        Spec {
+            name: b"dir/GNUSparseFile.1/v01",
+            data: b"helloend",
+            pax: pax(&[
+                ("GNU.sparse.size", "1048576"),
+                ("GNU.sparse.numblocks", "2"),
+                ("GNU.sparse.name", "dir/v01"),
+                ("GNU.sparse.map", "0,5,1048000,3"),
+            ]),
+            ..Spec::default()
+        },
+        Spec {
+            name: b"dir/v00",
+            data: b"helloend",
+            pax: pax(&[
+                ("GNU.sparse.size", "1048576"),
+                ("GNU.sparse.numblocks", "2"),
+                ("GNU.sparse.offset", "0"),
+                ("GNU.sparse.numbytes", "5"),
+                ("GNU.sparse.offset", "1048000"),
+                ("GNU.sparse.numbytes", "3"),
+            ]),
+            ..Spec::default()
+        },
+    ]);
+    let dest = new_dest(base.path(), "layer");
+    unpack(&tar, &dest, &[]).unwrap();
+
+    let mut expected = vec![0u8; 1_048_576];
+    expected[..5].copy_from_slice(b"hello");
+    expected[1_048_000..1_048_003].copy_from_slice(b"end");
+    for name in ["v1", "v01", "v00"] {
+        let path = dest.join("dir").join(name);
+        assert_eq!(fs::read(&path).unwrap(), expected, "{name}");
+        assert!(
+            fs::metadata(&path).unwrap().blocks() * 512 < 1_048_576,
+            "{name} keeps its holes"
+        );
+    }
+    assert!(!exists(&dest.join("dir/GNUSparseFile.1")));
+}
+
+#[test]
+fn malformed_pax_sparse_rejected() {
+    let base = tempfile::tempdir().unwrap();
+    let v1 = |realsize: &str| {
+        pax(&[
+            ("GNU.sparse.major", "1"),
+            ("GNU.sparse.minor", "0"),
+            ("GNU.sparse.name", "file"),
+            ("GNU.sparse.realsize", realsize),
+        ])
+    };
+    let past_end = sparse_1_0_data(&[(10, b"abc")]);
+    let overlapping = sparse_1_0_data(&[(0, b"abcd"), (2, b"ef")]);
+    let mut unreferenced = sparse_1_0_data(&[(0, b"abc")]);
+    unreferenced.extend_from_slice(b"extra");
+    let mut short = sparse_1_0_data(&[(0, b"abcdef")]);
+    short.truncate(short.len() - 2);
+    // 2 MiB of digits and newlines before the segment count is satisfied.
+    let mut long_map = b"999999\n".to_vec();
+    while long_map.len() < 2 << 20 {
+        long_map.extend_from_slice(b"1\n");
+    }
+    let cases: Vec<(&str, Vec<u8>, PaxRecords, &str)> = vec![
+        ("past-end", past_end, v1("12"), "ends past the real size"),
+        ("overlapping", overlapping, v1("100"), "overlaps"),
+        ("unreferenced", unreferenced, v1("100"), "does not refer to"),
+        ("short", short, v1("100"), "ends 2 bytes early"),
+        ("long-map", long_map, v1("100"), "sparse map is longer"),
+        (
+            "bad-map",
+            b"0,5,9".to_vec(),
+            pax(&[("GNU.sparse.size", "100"), ("GNU.sparse.map", "0,5,9")]),
+            "odd number",
+        ),
+        (
+            "version",
+            Vec::new(),
+            pax(&[("GNU.sparse.major", "2"), ("GNU.sparse.minor", "0")]),
+            "unsupported GNU sparse format version",
+        ),
+    ];
+    for (name, data, records, message) in cases {
+        let tar = layer(vec![Spec {
+            name: b"GNUSparseFile.1/file",
+            data: &data,
+            pax: records,
+            ..Spec::default()
+        }]);
+        let dest = new_dest(base.path(), name);
+        let error = unpack(&tar, &dest, &[]).unwrap_err();
+        assert!(
+            matches!(error, UnpackError::InvalidEntry { .. }),
+            "{name}: {error}"
+        );
+        assert!(error.to_string().contains(message), "{name}: {error}");
+    }
+}
+
+#[test]
+fn gnu_tar_sparse_archives_expand() {
+    let base = tempfile::tempdir().unwrap();
+    let source = base.path().join("source");
+    fs::create_dir(&source).unwrap();
+    let mut handle = fs::File::create(source.join("disk.img")).unwrap();
+    handle.set_len(8 << 20).unwrap();
+    std::io::Seek::seek(&mut handle, std::io::SeekFrom::Start(3 << 20)).unwrap();
+    handle.write_all(b"middle").unwrap();
+    drop(handle);
+    let expected = fs::read(source.join("disk.img")).unwrap();
+
+    for version in ["0.0", "0.1", "1.0"] {
+        let output = std::process::Command::new("tar")
+            .args([
+                "--format=posix",
+                "--sparse",
+                "--sparse-version",
+                version,
+                "-C",
+            ])
+            .arg(&source)
+            .args(["-cf", "-", "disk.img"])
+            .output()
+            .expect("GNU tar runs");
+        assert!(output.status.success(), "tar {version}: {output:?}");
+
+        let dest = new_dest(base.path(), &format!("v{version}"));
+        let unpacked = unpack(&output.stdout, &dest, &[]).unwrap();
+        assert_eq!(
+            unpacked.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&output.stdout)))
+        );
+        let path = dest.join("disk.img");
+        assert_eq!(fs::read(&path).unwrap(), expected, "version {version}");
+        assert!(fs::metadata(&path).unwrap().blocks() * 512 < 1 << 20);
+        let names: Vec<_> = fs::read_dir(&dest)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["disk.img"], "version {version}");
+    }
+}
+
 /// Builds a parent layer with `unpack_layer` itself.
 fn parent_layer(base: &Path, name: &str, specs: Vec<Spec<'_>>) -> PathBuf {
     let dest = new_dest(base, name);
@@ -1073,6 +1256,43 @@ fn entries_after_lone_zero_block_rejected() {
         "{error}"
     );
     assert!(!exists(&dest.join("hidden")));
+}
+
+#[test]
+fn oversized_extension_headers_rejected() {
+    let base = tempfile::tempdir().unwrap();
+    // A 5 MiB PAX header would be buffered whole by the tar parser.
+    let huge = vec![b'a'; 5 << 20];
+    let tar = layer(vec![Spec {
+        pax: vec![("comment".to_owned(), huge)],
+        ..file("f", 0o644, b"")
+    }]);
+    let dest = new_dest(base.path(), "pax");
+    let error = unpack(&tar, &dest, &[]).unwrap_err();
+    assert!(matches!(error, UnpackError::Read { .. }), "{error}");
+    assert!(
+        error.to_string().contains("exceed the size limit"),
+        "{error}"
+    );
+
+    // Large entry data outside the headers is not limited, including a global header's.
+    let data = vec![b'x'; 6 << 20];
+    let mut tar_layer = Layer::new();
+    let mut global = Header::new_ustar();
+    global.as_old_mut().name[..6].copy_from_slice(b"global");
+    global.set_entry_type(EntryType::XGlobalHeader);
+    global.set_mode(0o644);
+    global.set_size(data.len() as u64);
+    global.set_cksum();
+    tar_layer.builder.append(&global, data.as_slice()).unwrap();
+    tar_layer.add(Spec {
+        pax: vec![("comment".to_owned(), vec![b'c'; 512 << 10])],
+        ..file("big", 0o644, &data)
+    });
+    let dest = new_dest(base.path(), "data");
+    unpack(&tar_layer.finish(), &dest, &[]).unwrap();
+    assert_eq!(fs::metadata(dest.join("big")).unwrap().len(), 6 << 20);
+    assert!(!exists(&dest.join("global")));
 }
 
 // Hostile archives. Each one must leave everything outside `dest` as it was.

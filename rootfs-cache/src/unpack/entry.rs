@@ -1,13 +1,17 @@
 //! Parsing of tar entries: normalized paths, whiteout names and metadata.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::io::{self, Read};
+use std::rc::Rc;
 
 use rustix::fs::{FileType, Timespec, Timestamps};
 use tar::{EntryType, Header};
 
 use super::UnpackError;
 use super::metadata::Metadata;
+use super::sparse::PaxSparse;
+use super::stream::BudgetReader;
 use super::tree::Tree;
 
 /// Name prefix of an OCI whiteout file.
@@ -21,21 +25,94 @@ const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 /// Xattr prefix that overlayfs reserves for its own metadata.
 pub(super) const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 
+/// Maximum number of bytes that the tar parser may read between two entries: headers,
+/// padding, PAX and GNU long-name data and GNU sparse maps. The parser buffers extension
+/// data in memory. Go's archive/tar rejects a PAX header or long name over 1 MiB, and this
+/// budget allows that much for each of the three extension types plus a sparse map.
+const MAX_HEADER_BYTES: u64 = 4 << 20;
+
 /// Applies every entry of a tar stream to `tree`.
 pub(super) fn apply_archive<R: Read>(stream: R, tree: &mut Tree) -> Result<(), UnpackError> {
-    let mut archive = tar::Archive::new(stream);
-    let entries = archive.entries().map_err(|source| UnpackError::Read {
+    let budget = Rc::new(Cell::new(None));
+    let mut archive = tar::Archive::new(BudgetReader {
+        inner: stream,
+        remaining: Rc::clone(&budget),
+    });
+    let mut entries = archive.entries().map_err(|source| UnpackError::Read {
         entry: None,
         source,
     })?;
     let mut last_path = None;
-    for entry in entries {
+    loop {
+        budget.set(Some(MAX_HEADER_BYTES));
+        let next = entries.next();
+        budget.set(None);
+        let Some(entry) = next else {
+            break;
+        };
         let mut entry = entry.map_err(|source| UnpackError::Read {
             entry: last_path.take(),
             source,
         })?;
-        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        apply_entry(&mut entry, &path, tree)?;
+        if entry.header().entry_type().is_pax_global_extensions() {
+            // containerd and Docker skip global PAX headers too (git archive writes one
+            // with the commit ID), so their records never change later entries. Their
+            // data is drained without being parsed or buffered.
+            io::copy(&mut entry, &mut io::sink()).map_err(|source| UnpackError::Read {
+                entry: last_path.clone(),
+                source,
+            })?;
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
+            // The tar parser consumes these before the entry they describe, unless the
+            // header is neither ustar nor GNU. Reading one as an entry would buffer all
+            // of its data.
+            return Err(UnpackError::InvalidEntry {
+                path: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                reason: format!(
+                    "extension header of type {} outside a ustar or GNU archive",
+                    describe_type(kind)
+                ),
+            });
+        }
+        let pax = pax_records(&mut entry).map_err(|source| UnpackError::Read {
+            entry: Some(String::from_utf8_lossy(&entry.path_bytes()).into_owned()),
+            source,
+        })?;
+        let raw_path = entry.path_bytes().into_owned();
+        let path = String::from_utf8_lossy(&raw_path).into_owned();
+        let sparse = if entry.header().entry_type() == EntryType::Regular {
+            PaxSparse::from_records(&pax).map_err(|reason| UnpackError::InvalidEntry {
+                path: path.clone(),
+                reason,
+            })?
+        } else {
+            None
+        };
+        // A PAX sparse file's header names `GNUSparseFile.<pid>/<name>` and the real path
+        // is a PAX record.
+        let (raw_path, path) = match sparse.as_ref().and_then(|sparse| sparse.name.clone()) {
+            Some(name) => {
+                let path = String::from_utf8_lossy(&name).into_owned();
+                (name, path)
+            }
+            None => (raw_path, path),
+        };
+        let parsed = ParsedEntry {
+            raw_path: &raw_path,
+            path: &path,
+            pax: &pax,
+            sparse: sparse.as_ref(),
+        };
+        apply_entry(&mut entry, &parsed, tree)?;
+        // Data that `apply_entry` did not read, such as a hardlink entry's, is skipped
+        // here so that it does not count against the next entry's header budget.
+        io::copy(&mut entry, &mut io::sink()).map_err(|source| UnpackError::Read {
+            entry: Some(path.clone()),
+            source,
+        })?;
         last_path = Some(path);
     }
     check_end_marker(archive.into_inner(), last_path)
@@ -83,39 +160,35 @@ enum EntryName<'a> {
     AufsMetadata,
 }
 
+/// An entry's path and PAX records, read before it is applied.
+struct ParsedEntry<'a> {
+    raw_path: &'a [u8],
+    /// `raw_path` for messages.
+    path: &'a str,
+    pax: &'a [(Vec<u8>, Vec<u8>)],
+    sparse: Option<&'a PaxSparse>,
+}
+
 fn apply_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
-    path: &str,
+    parsed: &ParsedEntry<'_>,
     tree: &mut Tree,
 ) -> Result<(), UnpackError> {
+    let path = parsed.path;
+    let pax = parsed.pax;
     let invalid = |reason: String| UnpackError::InvalidEntry {
         path: path.to_owned(),
         reason,
     };
     let header = entry.header().clone();
     let mut kind = header.entry_type();
-    if kind.is_pax_global_extensions() {
-        // containerd and Docker skip global PAX headers too (git archive writes one with
-        // the commit ID), so their records never change later entries.
-        return Ok(());
-    }
-    let pax = pax_records(entry).map_err(|source| UnpackError::Read {
-        entry: Some(path.to_owned()),
-        source,
-    })?;
-    if pax.iter().any(|(key, _)| key.starts_with(b"GNU.sparse.")) {
-        return Err(invalid(
-            "PAX-format GNU sparse files are not supported".to_owned(),
-        ));
-    }
-
-    let raw_path = entry.path_bytes().into_owned();
-    let components = normalize_path(&raw_path).map_err(|reason| invalid(reason.to_owned()))?;
+    let raw_path = parsed.raw_path;
+    let components = normalize_path(raw_path).map_err(|reason| invalid(reason.to_owned()))?;
     // Pre-POSIX archives mark a directory with a trailing slash on a regular-file entry.
     if kind == EntryType::Regular && header.as_bytes()[156] == 0 && raw_path.ends_with(b"/") {
         kind = EntryType::Directory;
     }
-    let metadata = parse_metadata(&header, &pax).map_err(invalid)?;
+    let metadata = parse_metadata(&header, pax).map_err(invalid)?;
 
     let Some((name, parent)) = components.split_last() else {
         // `.`, `/`, `..` and the empty name all normalize to the layer root.
@@ -153,7 +226,10 @@ fn apply_entry<R: Read>(
     match kind {
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
             let file = tree.create_file(parent, name, path)?;
-            tree.copy_content(entry, &file, kind == EntryType::GNUSparse, path)?;
+            match parsed.sparse {
+                Some(sparse) => sparse.write(entry, &file, path)?,
+                None => tree.copy_content(entry, &file, kind == EntryType::GNUSparse, path)?,
+            }
             tree.set_fd_metadata(&file, &metadata, true, path)
         }
         EntryType::Directory => tree.create_dir(parent, name, &metadata, path),

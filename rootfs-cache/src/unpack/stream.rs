@@ -1,0 +1,94 @@
+//! Readers between the layer blob and the tar parser.
+
+use std::cell::Cell;
+use std::io::{self, BufReader, Read};
+use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
+
+use super::Compression;
+
+/// Decompressor for one layer blob.
+pub(super) enum Decoder<R: Read> {
+    Plain(BufReader<R>),
+    Gzip(Box<flate2::read::MultiGzDecoder<R>>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
+}
+
+impl<R: Read> Decoder<R> {
+    pub(super) fn new(blob: R, compression: Compression) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::None => Decoder::Plain(BufReader::with_capacity(64 * 1024, blob)),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(blob))),
+            Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::new(blob)?),
+        })
+    }
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(reader) => reader.read(buf),
+            Decoder::Gzip(reader) => reader.read(buf),
+            Decoder::Zstd(reader) => reader.read(buf),
+        }
+    }
+}
+
+/// Reader that hashes and counts the uncompressed stream and fails once it passes `limit`.
+pub(super) struct HashingReader<R> {
+    pub inner: R,
+    pub hasher: Sha256,
+    pub bytes: u64,
+    pub limit: u64,
+    pub exceeded: bool,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.exceeded {
+            return Err(io::Error::other(
+                "layer exceeds the maximum uncompressed size",
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if self.bytes > self.limit {
+            self.exceeded = true;
+            return Err(io::Error::other(
+                "layer exceeds the maximum uncompressed size",
+            ));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reader that fails once more than a set number of bytes is read while a budget is
+/// active. The budget is shared so that the caller can set it while the tar parser owns
+/// the reader.
+pub(super) struct BudgetReader<R> {
+    pub inner: R,
+    /// Bytes left, or `None` when reads are not limited.
+    pub remaining: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for BudgetReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(remaining) = self.remaining.get() else {
+            return self.inner.read(buf);
+        };
+        if remaining == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "tar headers of one entry exceed the size limit",
+            ));
+        }
+        let len = buf
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        self.remaining.set(Some(remaining - n as u64));
+        Ok(n)
+    }
+}
