@@ -1561,3 +1561,34 @@ fn hostile_root_names_set_root_metadata() {
         }
     }
 }
+
+#[test]
+fn missing_end_padding_is_accepted() {
+    let full = layer(vec![dir("opt/", 0o755), file("opt/c", 0o644, b"c\n")]);
+    // Two headers and two data bytes, as umoci 0.4.7's `insert` writes: no padding to a
+    // 512-byte block and no end-of-archive marker.
+    let truncated = &full[..3 * 512 + 2];
+    let expected = format!("sha256:{}", hex::encode(Sha256::digest(truncated)));
+
+    let base = tempfile::tempdir().unwrap();
+    let dest = new_dest(base.path(), "layer");
+    let unpacked = unpack(truncated, &dest, &[]).unwrap();
+
+    assert_eq!(fs::read(dest.join("opt/c")).unwrap(), b"c\n");
+    assert_eq!(unpacked.diff_id, expected);
+    assert_eq!(unpacked.bytes, truncated.len() as u64);
+}
+
+#[test]
+fn truncated_file_data_is_rejected() {
+    let full = layer(vec![file("big", 0o644, &[7u8; 2000])]);
+    let truncated = &full[..512 + 1000];
+
+    let base = tempfile::tempdir().unwrap();
+    let dest = new_dest(base.path(), "layer");
+    let error = unpack(truncated, &dest, &[]).unwrap_err();
+
+    let message = error.to_string();
+    assert!(message.contains("big"), "{message}");
+    assert!(message.contains("ends inside"), "{message}");
+}

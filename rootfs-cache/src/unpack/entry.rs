@@ -11,7 +11,7 @@ use tar::{EntryType, Header};
 use super::UnpackError;
 use super::metadata::Metadata;
 use super::sparse::PaxSparse;
-use super::stream::BudgetReader;
+use super::stream::{BudgetReader, EndPadding};
 use super::tree::Tree;
 
 /// Name prefix of an OCI whiteout file.
@@ -34,8 +34,14 @@ const MAX_HEADER_BYTES: u64 = 4 << 20;
 /// Applies every entry of a tar stream to `tree`.
 pub(super) fn apply_archive<R: Read>(stream: R, tree: &mut Tree) -> Result<(), UnpackError> {
     let budget = Rc::new(Cell::new(None));
+    let real_end = Rc::new(Cell::new(None));
     let mut archive = tar::Archive::new(BudgetReader {
-        inner: stream,
+        inner: EndPadding {
+            inner: stream,
+            position: 0,
+            end: Rc::clone(&real_end),
+            zeros_left: 0,
+        },
         remaining: Rc::clone(&budget),
     });
     let mut entries = archive.entries().map_err(|source| UnpackError::Read {
@@ -113,6 +119,13 @@ pub(super) fn apply_archive<R: Read>(stream: R, tree: &mut Tree) -> Result<(), U
             entry: Some(path.clone()),
             source,
         })?;
+        let data_end = entry.raw_file_position() + entry.header().entry_size().unwrap_or(0);
+        if real_end.get().is_some_and(|end| data_end > end) {
+            return Err(UnpackError::InvalidEntry {
+                path,
+                reason: "the layer ends inside this entry's data".to_owned(),
+            });
+        }
         last_path = Some(path);
     }
     check_end_marker(archive.into_inner(), last_path)

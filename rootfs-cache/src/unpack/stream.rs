@@ -92,3 +92,36 @@ impl<R: Read> Read for BudgetReader<R> {
         Ok(n)
     }
 }
+
+/// Reader that ends a stream which stops right after an entry's data, without the
+/// padding to a 512-byte block and the end-of-archive marker: after the real end it
+/// returns those zero bytes, and records where the real data ended in `end`.
+///
+/// umoci 0.4.7's `insert` writes such layers, and containers/storage and umoci read them.
+/// The zeros are added above the hashing reader, so the diff ID still covers only the real
+/// bytes, and the caller checks that no entry's data reaches past `end`, so a file is
+/// never completed with zeros.
+pub(super) struct EndPadding<R> {
+    pub inner: R,
+    pub position: u64,
+    pub end: Rc<Cell<Option<u64>>>,
+    pub zeros_left: u64,
+}
+
+impl<R: Read> Read for EndPadding<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.end.get().is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.position += n as u64;
+                return Ok(n);
+            }
+            self.end.set(Some(self.position));
+            self.zeros_left = (512 - self.position % 512) % 512 + 1024;
+        }
+        let n = buf.len().min(self.zeros_left as usize);
+        buf[..n].fill(0);
+        self.zeros_left -= n as u64;
+        Ok(n)
+    }
+}
