@@ -11,7 +11,7 @@ pub const EXIT_AGENTKERNEL_FAILED: i32 = 125;
 /// Prints `error` as one line on stderr and returns [`EXIT_AGENTKERNEL_FAILED`].
 /// `fallback` is the hint used when the error type has none of its own.
 pub fn report(error: &anyhow::Error, fallback: Option<&'static str>) -> i32 {
-    let message = format!("{error:#}").replace('\n', " ");
+    let message = one_line(error);
     match hint(error).or(fallback) {
         Some(hint) => eprintln!("agentkernel: {message} ({hint})"),
         None => eprintln!("agentkernel: {message}"),
@@ -51,5 +51,48 @@ fn store_hint(error: &StoreError) -> &'static str {
             "check free disk space and permissions of the --root directory"
         }
         StoreError::Internal(_) => "this is a bug in agentkernel",
+    }
+}
+
+/// Joins the error chain with `: `, leaving out a cause whose text an outer error already
+/// includes (library errors print their source in their own message).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_skips_repeated_causes() {
+        let inner = std::io::Error::other("unexpected EOF");
+        let error = anyhow::Error::new(inner)
+            .context("read layer: unexpected EOF")
+            .context("cannot pull busybox");
+        assert_eq!(
+            one_line(&error),
+            "cannot pull busybox: read layer: unexpected EOF"
+        );
+    }
+
+    #[test]
+    fn one_line_joins_distinct_causes() {
+        let error = anyhow::anyhow!("connection refused\nretry later").context("cannot pull x");
+        assert_eq!(
+            one_line(&error),
+            "cannot pull x: connection refused retry later"
+        );
     }
 }
