@@ -281,22 +281,48 @@ fn agentkernel_failures_exit_125() {
 fn nothing_left_after_a_run() {
     let Some(env) = env() else { return };
     let root = fresh_root();
+    let config = common::mirror_config(&env, root.path());
     let busybox = image(&env, "busybox:amd64-only");
-    let result = run_in(
-        &env,
-        root.path(),
-        &[
-            "--image",
-            &busybox,
-            "sh",
-            "-c",
-            "cat /proc/self/cgroup | grep memory",
-        ],
-    );
-    assert_eq!(result.code, 0, "{}", result.stderr);
-    let cgroup = result.stdout.trim().rsplit(':').next().unwrap().to_owned();
-    assert!(cgroup.starts_with("/agentkernel/"), "{}", result.stdout);
-    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory{cgroup}")).exists());
+    // Pull first, so the sandbox's state directory is the only thing that appears below.
+    let pulled = run_in(&env, root.path(), &["--image", &busybox, "true"]);
+    assert_eq!(pulled.code, 0, "{}", pulled.stderr);
+
+    let mut child = agentkernel(root.path())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--image", &busybox, "sleep", "1"])
+        .spawn()
+        .unwrap();
+    let containers = root.path().join("containers");
+    let id = loop {
+        let entry = std::fs::read_dir(&containers)
+            .ok()
+            .and_then(|mut dir| dir.next())
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap());
+        if let Some(id) = entry {
+            break id;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its state appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // libcontainer writes its state before it creates the cgroup.
+    let cgroup = format!("/sys/fs/cgroup/memory/agentkernel/{id}");
+    while !std::path::Path::new(&cgroup).is_dir() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{cgroup} never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    for controller in ["memory", "pids", "cpu", "devices", "freezer"] {
+        let path = format!("/sys/fs/cgroup/{controller}/agentkernel/{id}");
+        assert!(!std::path::Path::new(&path).exists(), "{path} was left");
+    }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(root.path().to_str().unwrap()),
@@ -304,7 +330,9 @@ fn nothing_left_after_a_run() {
     );
     for dir in ["sandboxes", "containers"] {
         let path = root.path().join(dir);
-        let left = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(left, 0, "{} is not empty", path.display());
+        let left: Vec<_> = std::fs::read_dir(&path)
+            .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{} still has {left:?}", path.display());
     }
 }
