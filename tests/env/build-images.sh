@@ -384,6 +384,13 @@ done
 	busybox-amd64=linux/amd64 busybox-arm64=linux/arm64/v8
 "$here/recompress.sh" "$layout" busybox-amd64 busybox-tar tar
 "$here/recompress.sh" "$layout" busybox-amd64 busybox-zstd zstd
+# The busybox layer with every process default of the image config set, for the
+# tests of how a runtime combines them with the command it is given.
+umoci tag --image "$layout:busybox-amd64" busybox-config
+umoci config --image "$layout:busybox-config" --config.env "$busybox_path_env" \
+	--config.env IMAGE_ENV=from-config --config.entrypoint /bin/sh \
+	--config.entrypoint -c --config.cmd "echo default-cmd" --config.workingdir /etc \
+	--config.user 1000:1000
 
 if [ "$mode" = full ]; then
 	[ "$host_arch" = amd64 ] || [ "$host_arch" = arm64 ] ||

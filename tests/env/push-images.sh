@@ -90,6 +90,7 @@ push_plain_busybox() {
 	copy busybox-tar "$plain/library/busybox:uncompressed" "${plain_options[@]}" --preserve-digests
 	copy busybox-zstd "$plain/library/busybox:zstd" "${plain_options[@]}" --preserve-digests
 	copy busybox-amd64 "$plain/library/busybox:v2s2" "${plain_options[@]}" --format v2s2
+	copy busybox-config "$plain/library/busybox:config" "${plain_options[@]}" --preserve-digests
 	copy busybox-multi "$plain/library/busybox:v2s2-list" "${plain_options[@]}" --format v2s2
 }
 
