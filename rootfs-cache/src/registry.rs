@@ -83,9 +83,23 @@ pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
     IMAGE_MANIFEST_MEDIA_TYPE,
 ];
 
+/// How a client reaches its registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Https,
+    Http,
+    /// HTTPS, falling back to plain HTTP when the TLS connection fails, as Docker does for
+    /// loopback and insecure registries.
+    HttpsThenHttp,
+}
+
 /// A registry client for one image reference.
 pub struct RegistryClient {
-    client: Client,
+    https: Client,
+    http: Client,
+    scheme: Scheme,
+    /// Set once a request in [`Scheme::HttpsThenHttp`] mode succeeded over plain HTTP.
+    use_http: std::sync::atomic::AtomicBool,
     auth: RegistryAuth,
     /// The address requests go to: the reference's registry or its mirror.
     endpoint: String,
@@ -94,13 +108,19 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// Creates a client for pulling `reference` under `config`.
     pub fn new(config: &RegistryConfig, reference: &ImageReference) -> Result<Self, RegistryError> {
-        let (endpoint, plain_http) = match config.mirrors.get(reference.registry()) {
+        let (endpoint, explicit) = match config.mirrors.get(reference.registry()) {
             Some(mirror) => parse_mirror(mirror)?,
-            None => (reference.registry().to_owned(), false),
+            None => (reference.registry().to_owned(), None),
         };
-        let plain_http = plain_http
-            || is_loopback_registry(&endpoint)
-            || config.insecure.iter().any(|host| host == &endpoint);
+        let scheme = match explicit {
+            Some(scheme) => scheme,
+            None if is_loopback_registry(&endpoint)
+                || config.insecure.iter().any(|host| host == &endpoint) =>
+            {
+                Scheme::HttpsThenHttp
+            }
+            None => Scheme::Https,
+        };
 
         let mut extra_root_certificates = Vec::new();
         for path in &config.ca_files {
@@ -112,25 +132,33 @@ impl RegistryClient {
                 data,
             });
         }
-        let protocol = if plain_http {
-            ClientProtocol::HttpsExcept(vec![endpoint.clone()])
-        } else {
-            ClientProtocol::Https
+        let client = |protocol| {
+            Client::new(ClientConfig {
+                protocol,
+                extra_root_certificates: extra_root_certificates.clone(),
+                platform_resolver: None,
+                connect_timeout: Some(std::time::Duration::from_secs(15)),
+                read_timeout: Some(std::time::Duration::from_secs(60)),
+                ..Default::default()
+            })
         };
-        let client = Client::new(ClientConfig {
-            protocol,
-            extra_root_certificates,
-            platform_resolver: None,
-            connect_timeout: Some(std::time::Duration::from_secs(15)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        });
         let auth = credentials_for(config.docker_config.as_deref(), &endpoint)?;
         Ok(RegistryClient {
-            client,
+            https: client(ClientProtocol::Https),
+            http: client(ClientProtocol::Http),
+            use_http: std::sync::atomic::AtomicBool::new(scheme == Scheme::Http),
+            scheme,
             auth,
             endpoint,
         })
+    }
+
+    fn client(&self) -> &Client {
+        if self.use_http.load(std::sync::atomic::Ordering::Relaxed) {
+            &self.http
+        } else {
+            &self.https
+        }
     }
 
     /// The registry address requests go to.
@@ -153,16 +181,36 @@ impl RegistryClient {
         reference: &ImageReference,
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
         let target = self.target(reference);
-        let (bytes, digest) = self
-            .client
+        let mut result = self
+            .client()
             .pull_manifest_raw(&target, &self.auth, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|source| RegistryError::Request {
-                operation: "fetch manifest",
-                target: reference.to_string(),
-                registry: self.endpoint.clone(),
-                source,
-            })?;
+            .await;
+        if self.scheme == Scheme::HttpsThenHttp
+            && !self.use_http.load(std::sync::atomic::Ordering::Relaxed)
+            && result.as_ref().is_err_and(is_transport_error)
+        {
+            let retry = self
+                .http
+                .pull_manifest_raw(&target, &self.auth, MANIFEST_MEDIA_TYPES)
+                .await;
+            match retry {
+                Ok(answer) => {
+                    self.use_http
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    result = Ok(answer);
+                }
+                // An HTTPS-only registry rejects plain HTTP with 400, and a dead one fails
+                // both ways: the HTTPS error explains more in both cases.
+                Err(error) if is_transport_error(&error) || is_status(&error, 400) => {}
+                Err(error) => result = Err(error),
+            }
+        }
+        let (bytes, digest) = result.map_err(|source| RegistryError::Request {
+            operation: "fetch manifest",
+            target: reference.to_string(),
+            registry: self.endpoint.clone(),
+            source,
+        })?;
         let digest: Digest = digest.parse().map_err(|e| {
             RegistryError::Config(format!(
                 "registry {} returned an unusable digest for {reference}: {e}",
@@ -212,7 +260,7 @@ impl RegistryClient {
             source,
         };
         let mut stream = self
-            .client
+            .client()
             .pull_blob_stream(&target, &descriptor)
             .await
             .map_err(request_error)?;
@@ -231,14 +279,22 @@ impl RegistryClient {
     }
 }
 
-/// Splits a mirror URL into `host:port` and whether it is plain HTTP.
-fn parse_mirror(mirror: &str) -> Result<(String, bool), RegistryError> {
-    let (plain_http, rest) = if let Some(rest) = mirror.strip_prefix("http://") {
-        (true, rest)
+fn is_transport_error(error: &oci_client::errors::OciDistributionError) -> bool {
+    matches!(error, oci_client::errors::OciDistributionError::RequestError(e) if e.is_connect() || e.is_request())
+}
+
+fn is_status(error: &oci_client::errors::OciDistributionError, status: u16) -> bool {
+    matches!(error, oci_client::errors::OciDistributionError::ServerError { code, .. } if *code == status)
+}
+
+/// Splits a mirror URL into `host:port` and its scheme, if the URL has one.
+fn parse_mirror(mirror: &str) -> Result<(String, Option<Scheme>), RegistryError> {
+    let (scheme, rest) = if let Some(rest) = mirror.strip_prefix("http://") {
+        (Some(Scheme::Http), rest)
     } else if let Some(rest) = mirror.strip_prefix("https://") {
-        (false, rest)
+        (Some(Scheme::Https), rest)
     } else {
-        (false, mirror)
+        (None, mirror)
     };
     let host = rest.trim_end_matches('/');
     if host.is_empty() || host.contains('/') {
@@ -246,7 +302,7 @@ fn parse_mirror(mirror: &str) -> Result<(String, bool), RegistryError> {
             "invalid registry mirror {mirror:?}: expected a URL like http://127.0.0.1:5000"
         )));
     }
-    Ok((host.to_owned(), plain_http))
+    Ok((host.to_owned(), scheme))
 }
 
 /// Finds credentials for `registry` in a Docker `config.json` (`auths.<host>.auth`, the
@@ -339,11 +395,11 @@ mod tests {
     fn mirror_urls() {
         assert_eq!(
             parse_mirror("http://127.0.0.1:5000").unwrap(),
-            ("127.0.0.1:5000".to_owned(), true)
+            ("127.0.0.1:5000".to_owned(), Some(Scheme::Http))
         );
         assert_eq!(
             parse_mirror("https://mirror.example:8443/").unwrap(),
-            ("mirror.example:8443".to_owned(), false)
+            ("mirror.example:8443".to_owned(), Some(Scheme::Https))
         );
         assert!(parse_mirror("http://host/path").is_err());
         assert!(parse_mirror("").is_err());
