@@ -95,7 +95,7 @@ pub fn build_spec(input: &SpecInput) -> anyhow::Result<Spec> {
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(args)
-        .env(process_env(input))
+        .env(process_env(input, user.home.as_deref()))
         .cwd(cwd)
         .user(
             UserBuilder::default()
@@ -176,9 +176,9 @@ fn working_dir(image: &ImageRunConfig) -> String {
     }
 }
 
-/// Returns the image `Env` with later duplicates winning, plus `PATH`, `HOSTNAME` and `TERM`
-/// where the image does not set them.
-fn process_env(input: &SpecInput) -> Vec<String> {
+/// Returns the image `Env` with later duplicates winning, plus `PATH`, `HOSTNAME`, `HOME` (the
+/// passwd entry's or `/`, as Docker does) and `TERM` where the image does not set them.
+fn process_env(input: &SpecInput, home: Option<&str>) -> Vec<String> {
     let mut env: Vec<String> = Vec::new();
     let mut set = |entry: String| {
         let key = entry.split('=').next().unwrap_or_default().to_string();
@@ -198,6 +198,10 @@ fn process_env(input: &SpecInput) -> Vec<String> {
     let mut defaults = vec![
         format!("PATH={DEFAULT_PATH}"),
         format!("HOSTNAME={}", input.hostname),
+        format!(
+            "HOME={}",
+            home.filter(|home| !home.is_empty()).unwrap_or("/")
+        ),
     ];
     if let Some(term) = &input.term {
         defaults.push(format!("TERM={term}"));
@@ -445,7 +449,12 @@ mod tests {
         let spec = build_spec(&input(&image, &command, Profile::Moderate, rootfs.path())).unwrap();
         assert_eq!(
             env(&spec),
-            cmd(&["PATH=/opt/bin:/bin", "LANG=C.UTF-8", "HOSTNAME=agentkernel"])
+            cmd(&[
+                "PATH=/opt/bin:/bin",
+                "LANG=C.UTF-8",
+                "HOSTNAME=agentkernel",
+                "HOME=/"
+            ])
         );
     }
 
@@ -465,6 +474,7 @@ mod tests {
                 "EMPTY=".to_string(),
                 format!("PATH={DEFAULT_PATH}"),
                 "HOSTNAME=agentkernel".to_string(),
+                "HOME=/".to_string(),
                 "TERM=xterm-256color".to_string(),
             ]
         );

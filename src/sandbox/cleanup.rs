@@ -59,9 +59,13 @@ fn delete_container(state_root: &Path, id: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     match Container::load(state_dir.clone()) {
-        Ok(mut container) => container
-            .delete(true)
-            .with_context(|| format!("failed to delete container {id}")),
+        Ok(mut container) => match container.delete(true) {
+            Ok(()) => Ok(()),
+            // The running `agentkernel` process deleted it at the same time.
+            Err(_) if !state_dir.exists() => Ok(()),
+            Err(error) => Err(anyhow::Error::new(error))
+                .with_context(|| format!("failed to delete container {id}")),
+        },
         Err(error) => {
             // The state was never completely written; the cgroups are removed separately.
             tracing::warn!(%id, error = %error, "removing unreadable container state");

@@ -1,73 +1,293 @@
-//! The workload executor: libcontainer's default executor plus a clean signal state and shell
-//! exit codes for exec failures.
+//! The workload executor: it runs in the container init, which libcontainer forks with a raw
+//! `clone3` from a possibly multi-threaded process.
 
-use std::ffi::CString;
-use std::io::Write;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
 use nix::errno::Errno;
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
-use nix::unistd::execvp;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 
-/// Runs the container process with `execvp`, after resetting every signal to its default action
-/// and unblocking all signals; validates like [`DefaultExecutor`].
+/// Forks the command and supervises it as the sandbox's PID 1 (see [`supervise`]); the command
+/// runs with `execve`, the spec's environment, default signal actions and an empty signal mask.
+/// Validates like [`DefaultExecutor`].
 ///
-/// The container init is a clone of the calling process, so it inherits the caller's ignored
-/// signals (Rust ignores SIGPIPE) and signal mask; `execve` keeps both.
+/// It never touches the init process's own environment. libcontainer's default `setup_envs`
+/// calls `std::env::remove_var`, which takes the standard library's environment lock; if another
+/// thread of the parent held that lock when init was cloned, init waits for it forever. For the
+/// same reason errors go to stderr with a raw `write`, not through `std::io::stderr()`.
+///
+/// Init inherits the caller's ignored signals (Rust ignores SIGPIPE) and signal mask, and
+/// `execve` keeps both, hence the reset in the command's process.
 #[derive(Clone)]
 pub(super) struct SandboxExecutor;
 
 impl Executor for SandboxExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        reset_signals();
-        let args: Vec<CString> = spec
-            .process()
-            .as_ref()
-            .and_then(|process| process.args().as_ref())
-            .ok_or(ExecutorError::InvalidArg)?
-            .iter()
-            .map(|arg| CString::new(arg.as_bytes()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| ExecutorError::InvalidArg)?;
+        let process = spec.process().as_ref().ok_or(ExecutorError::InvalidArg)?;
+        let args = to_cstrings(process.args().as_deref().unwrap_or_default())?;
+        let env = to_cstrings(process.env().as_deref().unwrap_or_default())?;
         let Some(command) = args.first() else {
             return Err(ExecutorError::InvalidArg);
         };
-        let Err(errno) = execvp(command, &args);
-        // The file passed `validate` before `start`, so execvp fails only on a missing ELF
-        // interpreter, a bad format or a race. Report it and exit like a shell would.
-        let (code, reason) = match errno {
-            Errno::ENOENT => (127, "not found"),
-            _ => (126, "cannot execute"),
-        };
-        let _ = writeln!(
-            std::io::stderr(),
-            "agentkernel: {}: {reason}: {}",
-            command.to_string_lossy(),
-            errno.desc()
-        );
-        // SAFETY: _exit ends this process at once; the container init has no buffered state
-        // that needs flushing.
-        unsafe { nix::libc::_exit(code) }
+        let path = resolve_executable(command, &env);
+        // The child must not allocate: see `fork_without_atfork`.
+        let argv = null_terminated(&args);
+        let envp = null_terminated(&env);
+
+        // Blocking everything before the fork means no signal is lost before `supervise` waits.
+        set_signal_mask(!0);
+        match fork_without_atfork() {
+            Ok(None) => exec_command(&path, &argv, &envp, command),
+            Ok(Some(child)) => supervise(child),
+            Err(errno) => {
+                set_signal_mask(0);
+                Err(ExecutorError::Other(format!(
+                    "failed to fork the command {}: {errno}",
+                    command.to_string_lossy()
+                )))
+            }
+        }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
     }
+
+    fn setup_envs(&self, _envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        // `exec` passes the spec's environment to execve; the spec always contains HOME.
+        Ok(())
+    }
 }
 
-fn reset_signals() {
-    for number in 1..=31 {
-        let Ok(sig) = Signal::try_from(number) else {
+fn to_cstrings(values: &[String]) -> Result<Vec<CString>, ExecutorError> {
+    values
+        .iter()
+        .map(|value| CString::new(value.as_bytes()).map_err(|_| ExecutorError::InvalidArg))
+        .collect()
+}
+
+/// Resolves `command` the way libcontainer's default validation does: as given when it contains
+/// a slash, else the first entry of the environment's `PATH` where it exists as an executable
+/// file. Returns `command` unchanged when nothing matches, so execve reports the error.
+fn resolve_executable(command: &CStr, env: &[CString]) -> CString {
+    let bytes = command.to_bytes();
+    if bytes.contains(&b'/') {
+        return command.to_owned();
+    }
+    let path_var = env
+        .iter()
+        .find_map(|entry| entry.to_bytes().strip_prefix(b"PATH="))
+        .unwrap_or_default();
+    for dir in path_var.split(|byte| *byte == b':') {
+        let candidate = PathBuf::from(std::ffi::OsStr::from_bytes(dir))
+            .join(std::ffi::OsStr::from_bytes(bytes));
+        let executable = std::fs::metadata(&candidate)
+            .map(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if executable {
+            if let Ok(path) = CString::new(candidate.as_os_str().as_bytes()) {
+                return path;
+            }
+        }
+    }
+    command.to_owned()
+}
+
+/// Forks like `fork(2)` with a raw `clone` and returns the child's pid in the parent and `None`
+/// in the child.
+///
+/// glibc's `fork` first takes every malloc arena lock. The container init was cloned from a
+/// possibly multi-threaded process, and an arena lock that another thread held at that moment
+/// stays locked forever in init, so glibc's `fork` would hang. The child of this fork must not
+/// allocate either.
+fn fork_without_atfork() -> Result<Option<Pid>, Errno> {
+    // SAFETY: clone with only SIGCHLD and a null stack duplicates the process like fork; the
+    // child continues on its own copy of this stack.
+    let result = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_clone,
+            nix::libc::SIGCHLD as nix::libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match result {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as i32))),
+    }
+}
+
+fn null_terminated(values: &[CString]) -> Vec<*const nix::libc::c_char> {
+    values
+        .iter()
+        .map(|value| value.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Executes the command in the forked child with default signal actions and an empty mask.
+/// Allocates nothing.
+fn exec_command(
+    path: &CStr,
+    argv: &[*const nix::libc::c_char],
+    envp: &[*const nix::libc::c_char],
+    command: &CStr,
+) -> ! {
+    reset_signal_actions();
+    set_signal_mask(0);
+    // SAFETY: `path` is NUL-terminated and `argv` and `envp` are null-terminated arrays of
+    // pointers to NUL-terminated strings that outlive the call.
+    unsafe { nix::libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    let errno = Errno::last();
+    // `validate` found the file before `start`, so execve fails only on a missing ELF
+    // interpreter, a bad format or a race. Report it and exit like a shell would.
+    let (code, reason) = match errno {
+        Errno::ENOENT => (127, "not found: "),
+        _ => (126, "cannot execute: "),
+    };
+    let parts: [&[u8]; 6] = [
+        b"agentkernel: ",
+        command.to_bytes(),
+        b": ",
+        reason.as_bytes(),
+        errno.desc().as_bytes(),
+        b"\n",
+    ];
+    for part in parts {
+        // SAFETY: write reads `part.len()` bytes from a live buffer.
+        unsafe { nix::libc::write(2, part.as_ptr().cast(), part.len()) };
+    }
+    exit_now(code)
+}
+
+/// Runs as PID 1 of the sandbox, like `docker run --init`: forwards every signal it receives
+/// to the command, reaps orphans and exits with the command's status (128 + N when signal N
+/// killed it). The kernel then kills whatever else is left in the PID namespace.
+///
+/// The command does not run as PID 1 because the kernel drops signals to a namespace's init
+/// that it has no handler for, so `kill -9 $$` or an unhandled SIGTERM would do nothing.
+fn supervise(child: Pid) -> ! {
+    let all = SigSet::all();
+    loop {
+        let Ok(sig) = all.wait() else {
             continue;
         };
-        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+        if sig != Signal::SIGCHLD {
+            let _ = kill(child, sig);
             continue;
         }
-        // SAFETY: SIG_DFL installs no handler code, so no handler can observe inconsistent
-        // state; this process execs right after.
-        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => exit_now(code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => exit_now(128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     }
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running destructors or atexit handlers, none of
+    // which belong to this forked init.
+    unsafe { nix::libc::_exit(code) }
+}
+
+/// Sets every signal, glibc's internal real-time signals 32 and 33 included, to its default
+/// action with raw `rt_sigaction`; glibc's wrappers reject those two.
+fn reset_signal_actions() {
+    // NOTE: this is the x86_64 layout; other architectures may order the fields differently.
+    /// The kernel's `struct sigaction`.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: nix::libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for number in 1..=64 {
+        if number == nix::libc::SIGKILL || number == nix::libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction reads one `KernelSigaction` from `&default`, which lives for the
+        // call, and writes nothing because the old-action pointer is null. SIG_DFL installs no
+        // handler code.
+        unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_rt_sigaction,
+                number,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+}
+
+/// Sets the signal mask of the calling thread to the raw 64-bit `mask` with `rt_sigprocmask`.
+/// glibc's wrappers would leave its two internal real-time signals alone.
+fn set_signal_mask(mask: u64) {
+    // SAFETY: rt_sigprocmask reads 8 bytes from `&mask`, which lives for the call, and writes
+    // nothing because the old-set pointer is null.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_rt_sigprocmask,
+            nix::libc::SIG_SETMASK,
+            &mask as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cstring(value: &str) -> CString {
+        CString::new(value).unwrap()
+    }
+
+    #[test]
+    fn resolves_through_env_path() {
+        let env = vec![cstring("A=1"), cstring("PATH=/nonexistent:/bin:/usr/bin")];
+        assert_eq!(resolve_executable(&cstring("sh"), &env), cstring("/bin/sh"));
+        assert_eq!(
+            resolve_executable(&cstring("./local"), &env),
+            cstring("./local")
+        );
+        assert_eq!(
+            resolve_executable(&cstring("no-such-command"), &env),
+            cstring("no-such-command")
+        );
+    }
+
+    #[test]
+    fn skips_non_executable_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tool"), "data").unwrap();
+        let path = format!("PATH={}:/bin", dir.path().display());
+        let env = vec![CString::new(path).unwrap()];
+        assert_eq!(resolve_executable(&cstring("tool"), &env), cstring("tool"));
+        assert_eq!(resolve_executable(&cstring("sh"), &env), cstring("/bin/sh"));
+    }
 }

@@ -94,9 +94,8 @@ impl Drop for SignalForwarder {
 /// Waits until the container init `pid` exits and returns its status mapped like a shell: the
 /// exit code, or 128 + N after signal N.
 ///
-/// The first forwarded signal is sent to init. Init is PID 1 of its namespace, so the kernel
-/// drops the signal unless the command installed a handler for it. A second signal kills every
-/// process of the container with SIGKILL.
+/// The first forwarded signal is sent to init, which passes it on to the command. A second
+/// signal kills every process of the container with SIGKILL.
 pub(super) fn wait_for_exit(
     container: &mut Container,
     pid: Pid,

@@ -80,9 +80,12 @@ pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOut
     let (stdout, stderr) = capture.finish()?;
 
     let delete_started = Instant::now();
-    container
-        .delete(true)
-        .map_err(|error| libcontainer_error(error, "failed to delete the container"))?;
+    if let Err(error) = container.delete(true) {
+        // A concurrent `remove` of this sandbox may have deleted the state first.
+        if request.state_root.join(request.id).exists() {
+            return Err(libcontainer_error(error, "failed to delete the container"));
+        }
+    }
     timings.delete = delete_started.elapsed();
     Ok(RunOutcome {
         status,

@@ -19,12 +19,15 @@ pub struct ResolvedUser {
     pub gid: u32,
     /// Supplementary group ids: the groups in `/etc/group` that list the user by name.
     pub additional_gids: Vec<u32>,
+    /// Home directory from the user's `/etc/passwd` entry, if it has one.
+    pub home: Option<String>,
 }
 
 struct PasswdEntry {
     name: String,
     uid: u32,
     gid: u32,
+    home: String,
 }
 
 struct GroupEntry {
@@ -47,10 +50,16 @@ struct GroupEntry {
 pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> anyhow::Result<ResolvedUser> {
     let spec = user.unwrap_or("").trim();
     if spec.is_empty() {
+        let passwd = parse_passwd(&read_in_root(rootfs, "etc/passwd")?);
+        let home = passwd
+            .iter()
+            .find(|entry| entry.uid == 0)
+            .map(|entry| entry.home.clone());
         return Ok(ResolvedUser {
             uid: 0,
             gid: 0,
             additional_gids: Vec::new(),
+            home,
         });
     }
     let (user_part, group_part) = match spec.split_once(':') {
@@ -67,6 +76,7 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> anyhow::Result<Resolve
         Some(uid) => entry.uid == uid,
         None => entry.name == user_part,
     });
+    let home = entry.map(|entry| entry.home.clone());
     let (uid, mut gid, name) = match (entry, numeric_uid) {
         (Some(entry), _) => (entry.uid, entry.gid, Some(entry.name.as_str())),
         (None, Some(uid)) => (uid, 0, None),
@@ -117,6 +127,7 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> anyhow::Result<Resolve
         uid,
         gid,
         additional_gids,
+        home,
     })
 }
 
@@ -156,6 +167,7 @@ fn parse_passwd(content: &str) -> Vec<PasswdEntry> {
                 name: fields[0].to_string(),
                 uid: fields[2].parse().ok()?,
                 gid: fields[3].parse().ok()?,
+                home: fields.get(5).copied().unwrap_or_default().to_string(),
             })
         })
         .collect()
@@ -221,6 +233,7 @@ mod tests {
             uid: 0,
             gid: 0,
             additional_gids: vec![],
+            home: Some("/root".to_string()),
         };
         assert_eq!(resolve_user(dir.path(), None).unwrap(), root);
         assert_eq!(resolve(dir.path(), ""), root);
@@ -233,6 +246,7 @@ mod tests {
         assert_eq!(user.uid, 1000);
         assert_eq!(user.gid, 1000);
         assert_eq!(user.additional_gids, vec![10, 29]);
+        assert_eq!(user.home.as_deref(), Some("/home/app"));
     }
 
     #[test]
@@ -250,6 +264,7 @@ mod tests {
         assert_eq!(user.uid, 4242);
         assert_eq!(user.gid, 0);
         assert!(user.additional_gids.is_empty());
+        assert_eq!(user.home, None);
     }
 
     #[test]
