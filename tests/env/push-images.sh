@@ -4,12 +4,14 @@
 #
 # usage: push-images.sh [--layout DIR] [--registry ADDR]
 #                       [--auth-registry ADDR] [--tls-registry ADDR] [--ca FILE]
-#                       [--user USER] [--password PASSWORD]
+#                       [--token-registry ADDR] [--user USER] [--password PASSWORD]
 # Each option defaults to the matching AGENTKERNEL_TEST_* variable (see
 # with-registries.sh). Only --layout and --registry are required. The auth and
 # TLS registries get library/busybox:latest and, with a full layout,
-# library/python:3.12-alpine. For TLS, the directory of --ca must contain only
-# the CA certificate, because skopeo --dest-cert-dir reads every file in it.
+# library/python:3.12-alpine. The token registry gets library/busybox:latest,
+# pushed with a token that skopeo fetches with USER and PASSWORD. For TLS, the
+# directory of --ca must contain only the CA certificate, because skopeo
+# --dest-cert-dir reads every file in it.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -18,12 +20,13 @@ plain=${AGENTKERNEL_TEST_REGISTRY:-}
 auth=${AGENTKERNEL_TEST_REGISTRY_AUTH:-}
 tls=${AGENTKERNEL_TEST_REGISTRY_TLS:-}
 ca=${AGENTKERNEL_TEST_REGISTRY_CA:-}
+token=${AGENTKERNEL_TEST_REGISTRY_TOKEN:-}
 user=${AGENTKERNEL_TEST_REGISTRY_USER:-testuser}
 password=${AGENTKERNEL_TEST_REGISTRY_PASSWORD:-testpass}
 
 usage() {
 	echo "usage: $0 [--layout DIR] [--registry ADDR] [--auth-registry ADDR] [--tls-registry ADDR]"
-	echo "       [--ca FILE] [--user USER] [--password PASSWORD]"
+	echo "       [--ca FILE] [--token-registry ADDR] [--user USER] [--password PASSWORD]"
 }
 
 while [ $# -gt 0 ]; do
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
 	--auth-registry) auth=$2 ;;
 	--tls-registry) tls=$2 ;;
 	--ca) ca=$2 ;;
+	--token-registry) token=$2 ;;
 	--user) user=$2 ;;
 	--password) password=$2 ;;
 	*)
@@ -128,6 +132,11 @@ if [ -n "$auth" ]; then
 fi
 if [ -n "$tls" ]; then
 	push_with_auth "$tls" --dest-cert-dir "$(dirname "$ca")" &
+	pids+=($!)
+fi
+if [ -n "$token" ]; then
+	copy busybox-multi "$token/library/busybox:latest" --dest-tls-verify=false \
+		--dest-creds "$user:$password" --preserve-digests &
 	pids+=($!)
 fi
 failed=0

@@ -9,6 +9,9 @@
 #   plain  HTTP, no auth, access log enabled (written to KIND/access.log)
 #   auth   HTTP with htpasswd basic auth (bcrypt)
 #   tls    HTTPS with a generated CA and leaf certificate, plus basic auth
+#   token  HTTP with Bearer token auth: clients fetch a JWT from token-server.py,
+#          which runs under WORKDIR/token-server and logs each request to
+#          token-server/requests.log (one JSON object per line)
 #
 # Run as a script:
 #   registry.sh start KIND WORKDIR   start one registry, print 127.0.0.1:PORT
@@ -18,6 +21,9 @@
 REGISTRY_USER_DEFAULT=testuser
 REGISTRY_PASSWORD_DEFAULT=testpass
 REGISTRY_REALM=agentkernel-test
+REGISTRY_TOKEN_SERVICE=agentkernel-test
+REGISTRY_TOKEN_ISSUER=agentkernel-test-issuer
+REGISTRY_TOKEN_SERVER=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/token-server.py
 
 # Ports are picked at random from this range, which lies below Linux's default
 # ephemeral range (32768-60999) so outgoing connections do not take them.
@@ -112,6 +118,55 @@ registry_make_htpasswd() {
 	htpasswd -Bbn "$user" "$password" >"$work/auth/htpasswd"
 }
 
+# Start token-server.py under WORKDIR/token-server unless it runs already, with a
+# new self-signed RS256 signing certificate. The registry trusts that certificate
+# as its rootcertbundle, and distribution 2.8 accepts a token whose x5c chain is
+# just a certificate from that bundle. The server binds a port chosen by the
+# kernel and writes it to token-server/addr once it listens. Sets
+# REGISTRY_TOKEN_SERVER_ADDR; REGISTRY_PDEATHSIG applies as in registry_start.
+registry_start_token_server() {
+	local work=$1 dir=$1/token-server pid deadline port
+	if [ -f "$dir/pid" ] && registry_is_ours "$(cat "$dir/pid")"; then
+		REGISTRY_TOKEN_SERVER_ADDR=$(cat "$dir/addr")
+		return 0
+	fi
+	mkdir -p "$dir"
+	rm -f "$dir/addr"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=agentkernel test token issuer" \
+		-keyout "$dir/signing.key" -out "$dir/signing.crt" 2>/dev/null
+	local command=(python3 "$REGISTRY_TOKEN_SERVER" --cert "$dir/signing.crt" --key "$dir/signing.key"
+		--issuer "$REGISTRY_TOKEN_ISSUER" --service "$REGISTRY_TOKEN_SERVICE"
+		--user "$REGISTRY_USER_DEFAULT" --password "$REGISTRY_PASSWORD_DEFAULT"
+		--log "$dir/requests.log" --addr-file "$dir/addr")
+
+	if [ "${REGISTRY_PDEATHSIG:-0}" = 1 ]; then
+		setpriv --pdeathsig TERM -- "${command[@]}" 2>"$dir/server.log" </dev/null &
+	else
+		"${command[@]}" 2>"$dir/server.log" </dev/null &
+	fi
+	pid=$!
+	echo "$pid" >"$dir/pid"
+
+	deadline=$((SECONDS + REGISTRY_READY_TIMEOUT_SECONDS))
+	until [ -f "$dir/addr" ]; do
+		if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+			registry_log "token-server.py did not start within ${REGISTRY_READY_TIMEOUT_SECONDS}s; $dir/server.log ends with:"
+			tail -n 20 "$dir/server.log" >&2
+			kill "$pid" 2>/dev/null || true
+			wait "$pid" 2>/dev/null || true
+			return 1
+		fi
+		sleep 0.02
+	done
+
+	REGISTRY_TOKEN_SERVER_ADDR=$(cat "$dir/addr")
+	port=${REGISTRY_TOKEN_SERVER_ADDR##*:}
+	registry_pid_owns_port "$pid" "$port" || {
+		registry_log "token-server.py (pid $pid) does not own the socket on port $port"
+		return 1
+	}
+}
+
 # Write the config of registry KIND listening on PORT to WORKDIR/KIND/config.yml.
 registry_write_config() {
 	local kind=$1 work=$2 port=$3 dir=$2/$1 secret
@@ -150,6 +205,16 @@ registry_write_config() {
 				    path: $(registry_yaml_quote "$work/auth/htpasswd")
 			EOF
 		fi
+		if [ "$kind" = token ]; then
+			cat <<-EOF
+				auth:
+				  token:
+				    realm: http://$(cat "$work/token-server/addr")/token
+				    service: $REGISTRY_TOKEN_SERVICE
+				    issuer: $REGISTRY_TOKEN_ISSUER
+				    rootcertbundle: $(registry_yaml_quote "$work/token-server/signing.crt")
+			EOF
+		fi
 	} >"$dir/config.yml"
 }
 
@@ -175,17 +240,18 @@ registry_start() {
 	local kind=$1 work=$2 dir=$2/$1 expected attempt port pid status deadline
 	case $kind in
 	plain) expected=200 ;;
-	auth | tls) expected=401 ;;
+	auth | tls | token) expected=401 ;;
 	*)
-		registry_log "invalid registry kind '$kind': expected plain, auth or tls"
+		registry_log "invalid registry kind '$kind': expected plain, auth, tls or token"
 		return 2
 		;;
 	esac
 	mkdir -p "$dir/data"
-	if [ "$kind" != plain ]; then
+	if [ "$kind" = auth ] || [ "$kind" = tls ]; then
 		[ -f "$work/auth/htpasswd" ] || registry_make_htpasswd "$work"
 	fi
 	[ "$kind" != tls ] || registry_make_pki "$work"
+	[ "$kind" != token ] || registry_start_token_server "$work" || return 1
 
 	for ((attempt = 1; attempt <= REGISTRY_START_ATTEMPTS; attempt++)); do
 		port=$(registry_pick_port) || return 1
@@ -234,14 +300,21 @@ registry_start() {
 	echo "$pid" >"$dir/pid"
 }
 
-# Stop every registry started under WORKDIR: SIGTERM, then SIGKILL after 5 s.
+# Succeed when PID is a docker-registry or token-server.py process, so that a PID
+# reused by an unrelated process is left alone.
+registry_is_ours() {
+	[ "$(cat /proc/"$1"/comm 2>/dev/null)" = docker-registry ] ||
+		grep -qzxF -- "$REGISTRY_TOKEN_SERVER" /proc/"$1"/cmdline 2>/dev/null
+}
+
+# Stop every registry and token server started under WORKDIR: SIGTERM, then
+# SIGKILL after 5 s.
 registry_stop() {
-	local work=$1 pidfile pid i
+	local work=$1 pidfile pid i state
 	for pidfile in "$work"/*/pid; do
 		[ -f "$pidfile" ] || continue
 		pid=$(cat "$pidfile")
-		# Skip a PID that was reused by an unrelated process.
-		if [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = docker-registry ]; then
+		if registry_is_ours "$pid"; then
 			kill -TERM "$pid" 2>/dev/null || true
 			for ((i = 0; i < 250; i++)); do
 				kill -0 "$pid" 2>/dev/null || break
@@ -249,7 +322,10 @@ registry_stop() {
 				[ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ] || break
 				sleep 0.02
 			done
-			if kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]; then
+			# Bash may reap the child at any moment, so read its state once: no
+			# state means it is gone.
+			state=$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null) || true
+			if [ -n "$state" ] && [ "$state" != Z ]; then
 				registry_log "pid $pid ignored SIGTERM for 5s, sending SIGKILL"
 				kill -KILL "$pid" 2>/dev/null || true
 			fi
@@ -265,7 +341,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
 	case ${1:-} in
 	start)
 		[ $# -eq 3 ] || {
-			echo "usage: $0 start plain|auth|tls WORKDIR" >&2
+			echo "usage: $0 start plain|auth|tls|token WORKDIR" >&2
 			exit 2
 		}
 		mkdir -p "$3"
@@ -281,7 +357,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
 		registry_stop "$2"
 		;;
 	*)
-		echo "usage: $0 start plain|auth|tls WORKDIR | $0 stop WORKDIR" >&2
+		echo "usage: $0 start plain|auth|tls|token WORKDIR | $0 stop WORKDIR" >&2
 		exit 2
 		;;
 	esac

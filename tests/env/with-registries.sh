@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Runs CMD with three test registries on 127.0.0.1 filled with the test images.
+# Runs CMD with four test registries on 127.0.0.1 filled with the test images.
 #
 # usage: with-registries.sh [--busybox-only] CMD [ARG...]
 #   e.g. tests/env/with-registries.sh cargo test
 #
 # Steps: install missing Debian packages, build or reuse the cached OCI layout
 # (build-images.sh), start the registries (registry.sh), push the images
-# (push-images.sh), run CMD with the variables below, then stop the
-# registries and delete their temporary directory, also after Ctrl-C or
-# SIGTERM. Exits with CMD's exit status. After SIGKILL the registries still
-# stop (parent-death signal), but the temporary directory stays.
+# (push-images.sh) and run CMD with the variables below. Then stop the
+# registries and the token server and delete their temporary directory, also
+# after Ctrl-C or SIGTERM. Exits with CMD's exit status. After SIGKILL the
+# registries still stop (parent-death signal), but the temporary directory stays.
 #
 #   AGENTKERNEL_TEST_REGISTRY           127.0.0.1:PORT, HTTP, no auth
 #   AGENTKERNEL_TEST_REGISTRY_LOG       its access log (Apache combined format)
@@ -18,6 +18,10 @@
 #   AGENTKERNEL_TEST_REGISTRY_PASSWORD  testpass
 #   AGENTKERNEL_TEST_REGISTRY_TLS       127.0.0.1:PORT, HTTPS with basic auth
 #   AGENTKERNEL_TEST_REGISTRY_CA        PEM file of the CA that signed its certificate
+#   AGENTKERNEL_TEST_REGISTRY_TOKEN     127.0.0.1:PORT, HTTP with Bearer token auth
+#                                       (anonymous pull; push needs the user above)
+#   AGENTKERNEL_TEST_TOKEN_LOG          the token server's request log, one JSON
+#                                       object per line (see token-server.py)
 #   AGENTKERNEL_TEST_LAYOUT             the OCI layout the images came from (read-only)
 #   AGENTKERNEL_TEST_IMAGES             full, or busybox for a --busybox-only layout
 #
@@ -115,6 +119,8 @@ registry_start auth "$run_dir"
 auth=$REGISTRY_ADDR
 registry_start tls "$run_dir"
 tls=$REGISTRY_ADDR
+registry_start token "$run_dir"
+token=$REGISTRY_ADDR
 
 export AGENTKERNEL_TEST_REGISTRY=$plain
 export AGENTKERNEL_TEST_REGISTRY_LOG=$run_dir/plain/access.log
@@ -123,12 +129,14 @@ export AGENTKERNEL_TEST_REGISTRY_USER=$REGISTRY_USER_DEFAULT
 export AGENTKERNEL_TEST_REGISTRY_PASSWORD=$REGISTRY_PASSWORD_DEFAULT
 export AGENTKERNEL_TEST_REGISTRY_TLS=$tls
 export AGENTKERNEL_TEST_REGISTRY_CA=$run_dir/ca/ca.crt
+export AGENTKERNEL_TEST_REGISTRY_TOKEN=$token
+export AGENTKERNEL_TEST_TOKEN_LOG=$run_dir/token-server/requests.log
 export AGENTKERNEL_TEST_LAYOUT=$layout
 export AGENTKERNEL_TEST_IMAGES=$images
 
 pushed_at=$SECONDS
 "$here/push-images.sh"
-echo "with-registries.sh: $images images in $plain (plain), $auth (basic auth), $tls (TLS); pushed in $((SECONDS - pushed_at))s" >&2
+echo "with-registries.sh: $images images in $plain (plain), $auth (basic auth), $tls (TLS), $token (token auth); pushed in $((SECONDS - pushed_at))s" >&2
 
 # CMD runs in the background so that the traps above fire while it runs. Bash
 # gives a background job /dev/null as stdin and ignores SIGINT and SIGQUIT in
