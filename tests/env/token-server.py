@@ -74,7 +74,7 @@ class Issuer:
         claims = {
             "iss": self.issuer,
             "sub": subject,
-            # distribution 2.8 compares `aud` with its configured service as a string.
+            # distribution 2.8.2 accepts `aud` as a string equal to its auth.token.service.
             "aud": self.service,
             "exp": now + TOKEN_LIFETIME_SECONDS,
             "nbf": now,
