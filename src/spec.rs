@@ -499,6 +499,7 @@ mod tests {
         assert_eq!(process.user().gid(), 33);
         assert_eq!(process.user().additional_gids(), &Some(vec![4]));
         assert_eq!(process.cwd(), Path::new("/srv"));
+        assert!(env(&spec).contains(&"HOME=/var/www".to_string()));
 
         image.working_dir = None;
         let spec = build_spec(&input(&image, &command, Profile::Moderate, rootfs.path())).unwrap();
@@ -689,6 +690,7 @@ mod tests {
             spec.process().as_ref().unwrap().cwd(),
             Path::new(WORKSPACE_DIR)
         );
+
         let mounts = spec.mounts().as_ref().unwrap();
         let workspace = mounts
             .iter()
@@ -710,6 +712,7 @@ mod tests {
             .find(|mount| mount.destination() == Path::new(HOST_HOME_DIR))
             .unwrap();
         assert!(home.options().as_ref().unwrap().contains(&"ro".to_string()));
+
         let resources = spec.linux().as_ref().unwrap().resources().clone().unwrap();
         assert!(resources.memory().is_none());
         assert!(resources.cpu().is_none());

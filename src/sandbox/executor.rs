@@ -17,9 +17,9 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-/// Forks the command and supervises it as the sandbox's PID 1 (see [`supervise`]); the command
+/// Forks the command and supervises it as the sandbox's PID 1 (see [`supervise`]). The command
 /// runs with `execve`, the spec's environment, default signal actions and an empty signal mask.
-/// Validates like [`DefaultExecutor`].
+/// Validation is [`DefaultExecutor`]'s.
 ///
 /// It never touches the init process's own environment. libcontainer's default `setup_envs`
 /// calls `std::env::remove_var`, which takes the standard library's environment lock; if another
@@ -152,8 +152,8 @@ fn exec_command(
     // pointers to NUL-terminated strings that outlive the call.
     unsafe { nix::libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     let errno = Errno::last();
-    // `validate` found the file before `start`, so execve fails only on a missing ELF
-    // interpreter, a bad format or a race. Report it and exit like a shell would.
+    // `validate` checked that the file exists and is executable, but execve can still fail, for
+    // example on a missing ELF interpreter or an unknown format. Exit like a shell would.
     let (code, reason) = match errno {
         Errno::ENOENT => (127, "not found: "),
         _ => (126, "cannot execute: "),

@@ -2,9 +2,10 @@
 //! spec from the image config and profile, and youki's `libcontainer` to create, start, wait for
 //! and delete the container in this process.
 //!
-//! [`run`] forks the container init with a raw `clone3` inside `ContainerBuilder::build`, so it
-//! must be called before the caller starts other threads (an async runtime, for example): a
-//! thread that holds an allocator lock at that moment would deadlock the child.
+//! [`run`] forks the container init with a raw `clone3` inside `ContainerBuilder::build`, which
+//! runs no `pthread_atfork` handlers. A lock that another thread holds at that moment (a malloc
+//! arena or the standard library's environment lock) stays locked in the child, which can then
+//! hang. Call [`run`] before starting other threads, such as an async runtime.
 
 mod cleanup;
 mod etc_files;
@@ -101,8 +102,10 @@ pub(crate) struct Timings {
     pub start: Duration,
     /// From the start of the command until its exit status is reaped.
     pub wait: Duration,
-    /// `Container::delete`, unmounting the overlay and removing the sandbox directory.
+    /// `Container::delete`: the cgroups and the state directory.
     pub delete: Duration,
+    /// Unmounting the overlay and removing the sandbox directory.
+    pub cleanup: Duration,
 }
 
 /// Result of a run whose exit status was collected.
@@ -111,8 +114,10 @@ pub(crate) struct RunOutcome {
     /// Exit code, or 128 + signal number when the command was killed by a signal.
     pub status: i32,
     /// Output captured with [`StdioMode::Capture`]; empty otherwise.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub stdout: Vec<u8>,
     /// Error output captured with [`StdioMode::Capture`]; empty otherwise.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub stderr: Vec<u8>,
     pub timings: Timings,
 }
@@ -126,8 +131,8 @@ pub(crate) struct RunOutcome {
 /// first run this process keeps a handler for those three signals that does nothing outside a
 /// run, so they no longer terminate it.
 ///
-/// The sandbox is removed afterwards, also on failure, unless `request.keep` is set; then the
-/// sandbox directory with the upper layer stays and everything else is removed.
+/// The sandbox is removed afterwards, also on failure. With `request.keep` the sandbox directory
+/// with the upper layer stays, and everything else is removed.
 pub fn run(request: SandboxRequest) -> Result<i32, RunError> {
     run_with_stdio(request, StdioMode::Inherit).map(|outcome| outcome.status)
 }
@@ -142,14 +147,14 @@ pub(crate) fn run_with_stdio(
     // sandbox's files.
     if request.sandbox_dir.exists() {
         return Err(RunError::Sandbox(anyhow::anyhow!(
-            "sandbox directory {} already exists",
+            "sandbox directory {} already exists: remove it or use another sandbox id",
             request.sandbox_dir.display()
         )));
     }
     let state_dir = request.state_root.join(&request.id);
     if state_dir.exists() {
         return Err(RunError::Sandbox(anyhow::anyhow!(
-            "container state directory {} already exists",
+            "container state directory {} already exists: remove the sandbox or use another sandbox id",
             state_dir.display()
         )));
     }
@@ -171,7 +176,7 @@ pub(crate) fn run_with_stdio(
             outcome.status, request.id
         )
     })?;
-    outcome.timings.delete += cleanup_time;
+    outcome.timings.cleanup = cleanup_time;
     tracing::debug!(
         id = %request.id,
         total = ?started.elapsed(),

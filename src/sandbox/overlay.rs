@@ -30,9 +30,8 @@ const MAX_MOUNT_DATA: usize = 4095;
 /// The options name upper, work and lower directories relative to `sandbox_dir` (or absolute
 /// when that is shorter), because overlayfs shows them as given in every `/proc/mounts`,
 /// including the container's. Relative paths resolve against the working directory of the
-/// mounting thread, so a helper thread that unshares its filesystem attributes (`CLONE_FS`)
-/// changes into `sandbox_dir` and mounts; the working directory of the rest of the process
-/// stays as it is.
+/// mounting thread. A helper thread therefore unshares its filesystem attributes (`CLONE_FS`),
+/// changes into `sandbox_dir` and mounts, and the rest of the process keeps its directory.
 pub(super) fn mount(sandbox_dir: &Path, lower_dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
     if lower_dirs.is_empty() {
         bail!("no image layers to mount for {}", sandbox_dir.display());
@@ -62,7 +61,7 @@ pub(super) fn mount(sandbox_dir: &Path, lower_dirs: &[PathBuf]) -> anyhow::Resul
         lowers.join(":")
     );
     // TODO: image stacks whose lowerdir list exceeds one page (about 50 layers at 80 bytes a
-    // path) are rejected; the new mount API (fsconfig with "lowerdir+", Linux 6.8+) would take
+    // path) are rejected. The new mount API (fsconfig with "lowerdir+", Linux 6.8+) would take
     // one layer per call.
     if options.len() > MAX_MOUNT_DATA {
         bail!(

@@ -1,14 +1,16 @@
 //! Standard input, output and error of the container process.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, PipeReader, Read};
+use std::io::{self, IsTerminal, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
 use anyhow::Context;
+use nix::fcntl::OFlag;
 use nix::sys::stat::{SFlag, fstat};
+use nix::unistd::pipe2;
 
-/// Where the container process's stdio comes from.
+/// Source of the container process's stdin, stdout and stderr.
 #[derive(Debug)]
 pub(crate) enum StdioMode {
     /// Duplicates of this process's stdout and stderr, so output streams live to the same
@@ -30,15 +32,13 @@ pub(super) struct StdioFds {
 }
 
 /// Read ends of the capture pipes whose reader threads are not started yet.
-pub(super) struct PendingCapture(Option<(PipeReader, PipeReader)>);
+pub(super) struct PendingCapture(Option<(File, File)>);
+
+/// A reader thread that returns everything read from its pipe.
+type Reader = JoinHandle<io::Result<Vec<u8>>>;
 
 /// Running reader threads of the capture pipes.
-pub(super) struct Capture(
-    Option<(
-        JoinHandle<io::Result<Vec<u8>>>,
-        JoinHandle<io::Result<Vec<u8>>>,
-    )>,
-);
+pub(super) struct Capture(Option<(Reader, Reader)>);
 
 impl StdioMode {
     /// Returns the `TERM` value for the container: the host's (or `xterm`) when stdout is
@@ -64,20 +64,19 @@ impl StdioMode {
                 Ok((fds, PendingCapture(None)))
             }
             StdioMode::Capture { stdin } => {
-                let (stdout_reader, stdout_writer) =
-                    io::pipe().context("failed to create the stdout pipe")?;
-                let (stderr_reader, stderr_writer) =
-                    io::pipe().context("failed to create the stderr pipe")?;
+                let (stdout_reader, stdout_writer) = pipe("stdout")?;
+                let (stderr_reader, stderr_writer) = pipe("stderr")?;
                 let stdin = match stdin {
                     Some(fd) => fd,
                     None => dev_null()?,
                 };
                 let fds = StdioFds {
                     stdin,
-                    stdout: stdout_writer.into(),
-                    stderr: stderr_writer.into(),
+                    stdout: stdout_writer,
+                    stderr: stderr_writer,
                 };
-                Ok((fds, PendingCapture(Some((stdout_reader, stderr_reader)))))
+                let readers = (File::from(stdout_reader), File::from(stderr_reader));
+                Ok((fds, PendingCapture(Some(readers))))
             }
         }
     }
@@ -104,7 +103,7 @@ impl Capture {
         let Some((stdout, stderr)) = self.0 else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let join = |handle: JoinHandle<io::Result<Vec<u8>>>, name: &str| {
+        let join = |handle: Reader, name: &str| {
             handle
                 .join()
                 .map_err(|_| anyhow::anyhow!("the {name} reader thread panicked"))?
@@ -114,10 +113,7 @@ impl Capture {
     }
 }
 
-fn spawn_reader(
-    mut reader: PipeReader,
-    name: &str,
-) -> anyhow::Result<JoinHandle<io::Result<Vec<u8>>>> {
+fn spawn_reader(mut reader: File, name: &str) -> anyhow::Result<Reader> {
     std::thread::Builder::new()
         .name(format!("sandbox-{name}"))
         .spawn(move || {
@@ -126,6 +122,13 @@ fn spawn_reader(
             Ok(output)
         })
         .with_context(|| format!("failed to start the {name} reader thread"))
+}
+
+/// Returns the read and write ends of a new close-on-exec pipe.
+fn pipe(name: &str) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    pipe2(OFlag::O_CLOEXEC)
+        .map_err(io::Error::from)
+        .with_context(|| format!("failed to create the {name} pipe"))
 }
 
 /// Returns a duplicate of `fd` when it is a pipe or a regular file and `/dev/null` otherwise
@@ -177,9 +180,8 @@ mod tests {
 
     #[test]
     fn stdin_passes_pipe() {
-        let (reader, mut writer) = io::pipe().unwrap();
-        writer.write_all(b"input").unwrap();
-        drop(writer);
+        let (reader, writer) = pipe("test").unwrap();
+        File::from(writer).write_all(b"input").unwrap();
         let fd = stdin_source(reader.as_fd()).unwrap();
         assert!(!is_dev_null(&fd));
         let mut text = String::new();

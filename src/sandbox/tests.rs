@@ -313,8 +313,8 @@ fn memory_limit_visible_from_host() {
     let limit_file = Path::new("/sys/fs/cgroup/memory/agentkernel")
         .join(&request.id)
         .join("memory.limit_in_bytes");
-    // The last value read before the cgroup disappears is the one in force while the command
-    // ran; right after creation the file still shows the unlimited default.
+    // Right after creation the file still shows the unlimited default. The last value read
+    // before the cgroup disappears is the one in force while the command ran.
     let watcher = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last = None;
@@ -464,14 +464,15 @@ fn stdin_pipe_reaches_command() {
         return;
     }
     let env = TestEnv::new();
-    let (reader, mut writer) = std::io::pipe().unwrap();
-    writer.write_all(b"piped input\n").unwrap();
-    drop(writer);
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    std::fs::File::from(writer)
+        .write_all(b"piped input\n")
+        .unwrap();
     let _guard = run_lock();
     let outcome = run_with_stdio(
         env.request(&["cat"], Profile::Moderate),
         StdioMode::Capture {
-            stdin: Some(reader.into()),
+            stdin: Some(reader),
         },
     )
     .unwrap();
@@ -714,7 +715,7 @@ fn run_timing() {
         median(samples.iter().map(|(_, timings)| pick(timings)).collect())
     };
     println!(
-        "median of {} runs: total {:?}, prepare {:?}, build {:?}, start {:?}, wait {:?}, delete {:?}",
+        "median of {} runs: total {:?}, prepare {:?}, build {:?}, start {:?}, wait {:?}, delete {:?}, cleanup {:?}",
         samples.len(),
         median(samples.iter().map(|(total, _)| *total).collect()),
         column(|t| t.prepare),
@@ -722,5 +723,91 @@ fn run_timing() {
         column(|t| t.start),
         column(|t| t.wait),
         column(|t| t.delete),
+        column(|t| t.cleanup),
     );
+}
+
+const CRASH_DIR_VAR: &str = "AGENTKERNEL_TEST_CRASH_DIR";
+const CRASH_ID_VAR: &str = "AGENTKERNEL_TEST_CRASH_ID";
+
+/// Kills a process in the middle of a run and checks that `remove` cleans up what it left:
+/// the running container, its state and cgroups and the mounted overlay.
+///
+/// The test binary runs this same test again as the victim, with the sandbox location in
+/// environment variables.
+#[test]
+fn remove_cleans_after_killed_process() {
+    if let (Ok(dir), Ok(id)) = (std::env::var(CRASH_DIR_VAR), std::env::var(CRASH_ID_VAR)) {
+        let dir = Path::new(&dir);
+        let request = SandboxRequest {
+            id: id.clone(),
+            state_root: dir.join("state"),
+            sandbox_dir: dir.join("sandboxes").join(&id),
+            lower_dirs: vec![dir.join("top"), dir.join("base")],
+            image: Default::default(),
+            command: ["sleep", "4243"].map(String::from).to_vec(),
+            profile: Profile::Moderate,
+            keep: false,
+        };
+        run_text(request);
+        panic!("the victim run was expected to be killed");
+    }
+    if !require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let request = env.request(&["sleep", "4243"], Profile::Moderate);
+    let mut victim = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sandbox::tests::remove_cleans_after_killed_process",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR_VAR, env.dir.path())
+        .env(CRASH_ID_VAR, &request.id)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let procs = Path::new("/sys/fs/cgroup/pids/agentkernel")
+        .join(&request.id)
+        .join("cgroup.procs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&procs)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "victim sandbox did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+
+    let sleep_running = || {
+        std::fs::read_dir("/proc").unwrap().any(|entry| {
+            let cmdline = std::fs::read(entry.unwrap().path().join("cmdline")).unwrap_or_default();
+            cmdline == b"sleep\x004243\x00"
+        })
+    };
+    assert!(sleep_running(), "the container should outlive its parent");
+    assert!(env.state_root().join(&request.id).exists());
+    assert!(!sandbox_cgroups(&request.id).unwrap().is_empty());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mountinfo.contains(&request.id),
+        "overlay should still be mounted"
+    );
+
+    remove(&request.sandbox_dir, &env.state_root(), &request.id).unwrap();
+    assert_removed(&env, &request);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sleep_running() {
+        assert!(
+            Instant::now() < deadline,
+            "sleep 4243 still runs after remove"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -12,8 +12,8 @@ use crate::profile::Profile;
 use crate::spec::ImageRunConfig;
 
 /// Serializes container runs in tests. `ContainerBuilder::build` forks with a raw `clone3`, which
-/// is only safe while no other thread holds an allocator lock; one run at a time keeps the
-/// other runs' reader threads out of that window.
+/// is only safe while no other thread holds an allocator lock. One run at a time keeps the other
+/// runs' reader threads out of that window.
 static RUN_LOCK: Mutex<()> = Mutex::new(());
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
@@ -88,9 +88,10 @@ impl TestEnv {
 
 /// Builds a busybox root filesystem as two layers below `dir` and returns them topmost first.
 ///
-/// The base layer holds `/bin/busybox` from the host (Debian's `busybox-static`), a symlink for
-/// each applet and the usual empty directories. The top layer holds `/etc/passwd`, `/etc/group`,
-/// a non-executable `/etc/data.txt` and an `/etc/motd` that hides the base layer's.
+/// The base layer contains `/bin/busybox` from the host (Debian's `busybox-static`), a symlink
+/// for each applet and the usual empty directories. The top layer contains `/etc/passwd`,
+/// `/etc/group`, a non-executable `/etc/data.txt` and an `/etc/motd` that hides the base
+/// layer's.
 pub(crate) fn test_rootfs(dir: &Path) -> Vec<PathBuf> {
     let base = dir.join("base");
     let top = dir.join("top");
