@@ -1,0 +1,517 @@
+#!/usr/bin/env bash
+# Measures agentkernel against runc, podman and a bare `unshare` on this host
+# and prints a Markdown summary with medians, min/max and ratios.
+#
+# usage: bench/run.sh [--write FILE] [--runs N] [--warmups N] [--parallel N]
+#                     [--no-big-layer] [--keep]
+#   --write FILE     also write the summary to FILE (e.g. BENCHMARKS.md)
+#   --runs N         counted runs per command (default 10)
+#   --warmups N      uncounted warm-up rounds before them (default 2)
+#   --parallel N     sandboxes started at once in the parallel test (default 20)
+#   --no-big-layer   skip building, pushing and pulling the 1 GiB layer image
+#   --keep           keep the work directory with the raw results
+#
+# Runs as root from a checkout: installs missing Debian packages (podman, crun,
+# strace, time), runs `cargo build --release`, and re-runs itself under
+# tests/env/with-registries.sh, which starts the test registries on 127.0.0.1.
+# Then, in one run:
+#   1. warm `agentkernel run --image <busybox> true` (moderate, restrictive)
+#      against `runc run` on equivalent bundles, `podman run --rm` and
+#      `unshare --mount --uts --ipc --net --pid --fork true`, alternating;
+#      then phase timings from `--debug` and `strace -c -f` of one run;
+#   2. cold pull + unpack of the python and node test images with agentkernel
+#      (fresh --root each run), `podman pull` (after `podman rmi -a -f`) and
+#      `skopeo copy` + `umoci unpack`, alternating;
+#   3. peak RSS of `agentkernel pull` (ru_maxrss), also of an image with one
+#      1 GiB layer of random bytes, built once with umoci and cached in
+#      ${AGENTKERNEL_BENCH_CACHE:-/var/cache/agentkernel-bench};
+#   4. N `agentkernel run --image <busybox> true` started at once, 3 rounds.
+# The whole run takes about 8-10 minutes on 2 cores. The work directory is
+# under ${TMPDIR:-/var/tmp}; podman's storage and configuration live there too,
+# so the host's podman setup is neither used nor changed.
+set -euo pipefail
+shopt -s inherit_errexit
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+write=
+runs=10
+warmups=2
+parallel=20
+big_layer=1
+keep=0
+args=("$@")
+while [ $# -gt 0 ]; do
+	case $1 in
+	--write)
+		[ $# -ge 2 ] || {
+			echo "bench/run.sh: --write needs a file name" >&2
+			exit 2
+		}
+		write=$(realpath -m "$2")
+		shift
+		;;
+	--runs | --warmups | --parallel)
+		if [ $# -lt 2 ] || ! [[ $2 =~ ^[0-9]+$ ]]; then
+			echo "bench/run.sh: $1 needs a number" >&2
+			exit 2
+		fi
+		declare "${1#--}=$2"
+		shift
+		;;
+	--no-big-layer) big_layer=0 ;;
+	--keep) keep=1 ;;
+	*)
+		sed -n '5,12p' "$0" >&2
+		exit 2
+		;;
+	esac
+	shift
+done
+
+log() {
+	printf 'bench: %s\n' "$*" >&2
+}
+
+agentkernel=${CARGO_TARGET_DIR:-$repo/target}/release/agentkernel
+
+# Outer part: packages, build, registries.
+if [ -z "${AGENTKERNEL_BENCH_INNER:-}" ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "bench/run.sh: must run as root: it starts containers, mounts overlays and writes cgroups" >&2
+		exit 1
+	fi
+	missing=()
+	for package in podman crun runc umoci skopeo strace time jq python3 util-linux; do
+		status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+		[ "$status" = installed ] || missing+=("$package")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		log "installing ${missing[*]}"
+		apt-get update -q
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+	fi
+	log "building agentkernel (cargo build --release)"
+	(cd "$repo" && cargo build --release --quiet)
+	[ -x "$agentkernel" ] || {
+		echo "bench/run.sh: $agentkernel is missing after cargo build; set CARGO_TARGET_DIR to where cargo puts it" >&2
+		exit 1
+	}
+	export AGENTKERNEL_BENCH_INNER=1
+	exec "$repo/tests/env/with-registries.sh" "$0" "${args[@]}"
+fi
+
+# Inner part: runs under with-registries.sh with AGENTKERNEL_TEST_* set.
+: "${AGENTKERNEL_TEST_REGISTRY:?bench/run.sh: run it directly, not its inner part}"
+registry=$AGENTKERNEL_TEST_REGISTRY
+busybox=$registry/library/busybox:amd64-only
+pull_images=(python:"$registry/library/python:3.12-alpine" node:"$registry/library/node:22-alpine")
+[ "${AGENTKERNEL_TEST_IMAGES:-}" = full ] || {
+	echo "bench/run.sh: the test layout has no python and node images (AGENTKERNEL_TEST_IMAGES=${AGENTKERNEL_TEST_IMAGES:-})" >&2
+	exit 1
+}
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/agentkernel-bench.XXXXXX")
+results=$work/results
+mkdir -p "$results"
+cgroup_parents=(agentkernel-bench libpod_parent)
+declare -A cgroup_existed
+for name in "${cgroup_parents[@]}"; do
+	if compgen -G "/sys/fs/cgroup/*/$name" >/dev/null || [ -d "/sys/fs/cgroup/$name" ]; then
+		cgroup_existed[$name]=1
+	fi
+done
+
+# Unmounts what podman's overlay driver left under the work directory, removes
+# the cgroup parents this run created (only when empty) and the work directory.
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+	set +e
+	if command -v runc >/dev/null && [ -d "$work/runc/state" ]; then
+		for id in $(runc --root "$work/runc/state" list -q 2>/dev/null); do
+			runc --root "$work/runc/state" delete -f "$id"
+		done
+	fi
+	findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r target; do
+		umount -l "$target"
+	done
+	for name in "${cgroup_parents[@]}"; do
+		[ -z "${cgroup_existed[$name]:-}" ] || continue
+		for dir in /sys/fs/cgroup/*/"$name" /sys/fs/cgroup/"$name"; do
+			[ -d "$dir" ] && find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null
+		done
+	done
+	if [ "$keep" = 1 ]; then
+		log "kept $work"
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+
+# Prints its arguments as a JSON array of strings.
+json_array() {
+	python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@"
+}
+
+bench_py() {
+	python3 "$here/bench.py" "$@"
+}
+
+# --- Machine description ------------------------------------------------------
+machine_info() {
+	local cgroups memory versions
+	if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+		cgroups="cgroup v2 (unified), controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+	else
+		cgroups="cgroup v1: $(findmnt -rn -t cgroup -o TARGET | sed 's|/sys/fs/cgroup/||' | tr '\n' ' ')"
+		if findmnt -rn -t cgroup2 -o TARGET >/dev/null; then
+			cgroups="$cgroups+ cgroup2 at $(findmnt -rn -t cgroup2 -o TARGET | tr '\n' ' ')(hybrid)"
+		fi
+	fi
+	memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+	local device journal filesystem
+	device=$(findmnt -n -o SOURCE --target "$work")
+	journal="no journal"
+	if compgen -G "/proc/fs/jbd2/${device#/dev/}-*" >/dev/null; then
+		journal="journal"
+	fi
+	filesystem="$(findmnt -n -o FSTYPE --target "$work") on $device ($journal, mount options"
+	filesystem="$filesystem $(findmnt -n -o OPTIONS --target "$work")) under $work, which holds"
+	filesystem="$filesystem agentkernel's --root, runc's bundle and state, podman's storage and the umoci bundles"
+	versions="$("$agentkernel" --version); runc $(runc --version | awk 'NR == 1 { print $3 }')"
+	versions="$versions; podman $(podman --version | awk '{ print $3 }'); crun $(crun --version | awk 'NR == 1 { print $3 }')"
+	versions="$versions; skopeo $(skopeo --version | awk '{ print $3 }'); umoci $(umoci --version | awk '{ print $3 }')"
+	versions="$versions; docker-registry $(dpkg-query -W -f='${Version}' docker-registry)"
+	jq -n \
+		--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+		--arg commit "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')" \
+		--arg cpus "$(nproc) ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))" \
+		--arg memory "$memory" \
+		--arg kernel "$(uname -r)" \
+		--arg os "$(sed -n 's/^PRETTY_NAME="\(.*\)"$/\1/p' /etc/os-release)" \
+		--arg cgroups "$cgroups" \
+		--arg filesystem "$filesystem" \
+		--arg load "1, 5 and 15 min load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" \
+		--arg versions "$versions" \
+		--arg runs "$runs" --arg warmups "$warmups" \
+		'$ARGS.named' >"$results/info.json"
+}
+
+# --- 1. Warm runs --------------------------------------------------------------
+
+# Writes the runc bundle NAME for PROFILE (moderate or restrictive) from
+# `runc spec`, with the settings agentkernel's spec has for that profile.
+write_runc_bundle() {
+	local name=$1 profile=$2 bundle=$work/runc/$1
+	local readonly_root netns memory quota pids caps
+	caps='["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW",
+		"CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE",
+		"CAP_SYS_CHROOT","CAP_KILL","CAP_AUDIT_WRITE"]'
+	case $profile in
+	moderate) readonly_root=false netns=false memory=536870912 quota=100000 pids=1024 ;;
+	restrictive)
+		readonly_root=true netns=true memory=268435456 quota=50000 pids=256
+		caps=$(jq -c 'map(select(. != "CAP_NET_RAW"))' <<<"$caps")
+		;;
+	esac
+	mkdir -p "$bundle"
+	(cd "$bundle" && runc spec)
+	jq --arg rootfs "$work/runc/bundle/rootfs" --arg etc "$work/runc/etc" \
+		--arg cgroup "/agentkernel-bench/runc-$name" \
+		--argjson readonly "$readonly_root" --argjson netns "$netns" --argjson caps "$caps" \
+		--argjson memory "$memory" --argjson quota "$quota" --argjson pids "$pids" '
+		def bind($file): {destination: ("/etc/" + $file), type: "bind",
+			source: ($etc + "/" + $file), options: ["rbind", "ro", "nosuid", "nodev"]};
+		def char($major; $minor): {allow: true, type: "c", major: $major, access: "rwm"}
+			+ (if $minor == null then {} else {minor: $minor} end);
+		.process.terminal = false
+		| .process.args = ["true"]
+		| .process.env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=agentkernel", "HOME=/root"]
+		| .process.capabilities = {bounding: $caps, effective: $caps, permitted: $caps,
+			inheritable: [], ambient: []}
+		| .root = {path: $rootfs, readonly: $readonly}
+		| .hostname = "agentkernel"
+		| .mounts += [bind("hosts"), bind("hostname"), bind("resolv.conf")]
+		| if $readonly then .mounts += [{destination: "/tmp", type: "tmpfs", source: "tmpfs",
+			options: ["nosuid", "nodev", "mode=1777", "size=64m"]}] else . end
+		| .linux.namespaces = [{type: "pid"}, {type: "mount"}, {type: "ipc"}, {type: "uts"},
+			{type: "cgroup"}] + (if $netns then [{type: "network"}] else [] end)
+		| .linux.cgroupsPath = $cgroup
+		| .linux.resources = {
+			devices: [{allow: false, access: "rwm"}, char(1; 3), char(1; 5), char(1; 7),
+				char(5; 0), char(1; 9), char(1; 8), char(136; null), char(5; 2)],
+			memory: {limit: $memory}, cpu: {quota: $quota, period: 100000}, pids: {limit: $pids}}
+		' "$bundle/config.json" >"$bundle/config.json.new"
+	mv "$bundle/config.json.new" "$bundle/config.json"
+}
+
+prepare_runc() {
+	mkdir -p "$work/runc/state" "$work/runc/etc"
+	skopeo copy -q --src-tls-verify=false "docker://$busybox" "oci:$work/runc/oci:busybox"
+	umoci unpack --image "$work/runc/oci:busybox" "$work/runc/bundle" >/dev/null
+	printf '127.0.0.1\tlocalhost agentkernel\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$work/runc/etc/hosts"
+	echo agentkernel >"$work/runc/etc/hostname"
+	cp /etc/resolv.conf "$work/runc/etc/resolv.conf"
+	touch "$work/runc/bundle/rootfs/etc/hosts" "$work/runc/bundle/rootfs/etc/hostname" \
+		"$work/runc/bundle/rootfs/etc/resolv.conf"
+	write_runc_bundle moderate moderate
+	write_runc_bundle restrictive restrictive
+}
+
+# Podman keeps its storage, configuration and temporary files under $work.
+# registries.conf marks the loopback registry as plain HTTP; containers.conf
+# lowers the default ulimits, which an unprivileged-capability VM cannot raise
+# (setrlimit EPERM otherwise), and turns off networking.
+prepare_podman() {
+	local dir=$work/podman
+	mkdir -p "$dir/tmp"
+	printf '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n' \
+		"$dir/root" "$dir/runroot" >"$dir/storage.conf"
+	cat >"$dir/containers.conf" <<-EOF
+		[engine]
+		cgroup_manager = "cgroupfs"
+		events_logger = "file"
+		events_logfile_path = "$dir/events.log"
+		runtime = "crun"
+		tmp_dir = "$dir/tmp"
+		[containers]
+		netns = "none"
+		default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+	EOF
+	printf 'unqualified-search-registries = []\n[[registry]]\nlocation = "%s"\ninsecure = true\n' \
+		"$registry" >"$dir/registries.conf"
+	export CONTAINERS_CONF=$dir/containers.conf
+	export CONTAINERS_STORAGE_CONF=$dir/storage.conf
+	export CONTAINERS_REGISTRIES_CONF=$dir/registries.conf
+}
+
+# Prints a shell command that runs ARGS in a private mount namespace without
+# the cgroup2 mount, because crun 1.8 rejects this host's hybrid cgroup layout
+# ("cgroups in hybrid mode not supported"). The host's mounts stay as they are.
+podman_script() {
+	if findmnt -rn /sys/fs/cgroup/unified >/dev/null; then
+		echo "umount /sys/fs/cgroup/unified && exec $*"
+	else
+		echo "exec $*"
+	fi
+}
+
+# Runs ARGV once; on failure logs NAME, the exit status and its output, and returns 1.
+check_once() {
+	local name=$1 output status=0
+	shift
+	output=$("$@" </dev/null 2>&1) || status=$?
+	if [ "$status" -ne 0 ]; then
+		log "$name failed with exit status $status: $output"
+		echo "- \`$name\` was left out: \`$*\` exited with status $status: $output" >>"$results/notes-skipped.txt"
+		return 1
+	fi
+}
+
+# Records 10 runs of ARGV with perf system-wide and writes the off-CPU time per
+# kernel wait site of the processes whose name matches COMM_REGEX to
+# $results/offcpu-NAME.md.
+record_offcpu() {
+	local name=$1 comm_regex=$2
+	shift 2
+	# shellcheck disable=SC2016 # expanded by the inner bash
+	perf record -q -a -g -e sched:sched_switch -o "$work/offcpu-$name.data" -- \
+		bash -c 'for _ in $(seq 10); do "$@" </dev/null >/dev/null 2>&1; done' bash "$@"
+	perf script -i "$work/offcpu-$name.data" -F comm,pid,time,event,trace,ip,sym \
+		>"$work/offcpu-$name.txt" 2>/dev/null
+	bench_py offcpu "$work/offcpu-$name.txt" 10 "$comm_regex" "$results/offcpu-$name.md"
+}
+
+measure_warm() {
+	local ak_root=$work/ak-warm commands=()
+	log "warm runs: preparing agentkernel, runc and podman"
+	"$agentkernel" --root "$ak_root" pull "$busybox" >/dev/null
+	# The same on a tmpfs, which shows what the root filesystem costs each run.
+	mkdir -p "$work/tmpfs"
+	mount -t tmpfs -o size=512m,mode=0700 agentkernel-bench "$work/tmpfs"
+	"$agentkernel" --root "$work/tmpfs/ak" pull "$busybox" >/dev/null
+	prepare_runc
+	prepare_podman
+
+	local moderate=("$agentkernel" --root "$ak_root" run --image "$busybox" true)
+	local restrictive=("$agentkernel" --root "$ak_root" run --profile restrictive --image "$busybox" true)
+	local moderate_tmpfs=("$agentkernel" --root "$work/tmpfs/ak" run --image "$busybox" true)
+	local runc_moderate=(runc --root "$work/runc/state" run --bundle "$work/runc/moderate" bench-moderate)
+	local runc_restrictive=(runc --root "$work/runc/state" run --bundle "$work/runc/restrictive" bench-restrictive)
+	local podman_run=(unshare -m --propagation private sh -c
+		"$(podman_script podman run --rm --network none --memory 512m --cpus 1 --pids-limit 1024 "$busybox" true)")
+	local wrapper=(unshare -m --propagation private sh -c "$(podman_script true)")
+	local floor=(unshare --mount --uts --ipc --net --pid --fork true)
+	local version=("$agentkernel" --version)
+
+	add() {
+		local name=$1
+		shift
+		commands+=("$(jq -cn --arg name "$name" --argjson argv "$(json_array "$@")" '{name: $name, argv: $argv}')")
+	}
+	check_once ak-moderate "${moderate[@]}" && add ak-moderate "${moderate[@]}"
+	check_once ak-restrictive "${restrictive[@]}" && add ak-restrictive "${restrictive[@]}"
+	check_once ak-moderate-tmpfs "${moderate_tmpfs[@]}" && add ak-moderate-tmpfs "${moderate_tmpfs[@]}"
+	check_once runc-moderate "${runc_moderate[@]}" && add runc-moderate "${runc_moderate[@]}"
+	check_once runc-restrictive "${runc_restrictive[@]}" && add runc-restrictive "${runc_restrictive[@]}"
+	if check_once podman-pull podman pull -q "$busybox" && check_once podman "${podman_run[@]}"; then
+		add podman "${podman_run[@]}"
+		add podman-wrapper "${wrapper[@]}"
+	fi
+	check_once unshare "${floor[@]}" && add unshare "${floor[@]}"
+	add ak-version "${version[@]}"
+
+	printf '%s\n' "${commands[@]}" | jq -s --arg runs "$runs" --arg warmups "$warmups" \
+		'{group: "warm", runs: ($runs | tonumber), warmups: ($warmups | tonumber), commands: .}' \
+		>"$work/warm-spec.json"
+	bench_py time "$work/warm-spec.json" "$results/warm.json"
+
+	log "warm runs: phase timings (--debug) and strace -c -f"
+	local _
+	for _ in $(seq 20); do
+		"$agentkernel" --debug --root "$ak_root" run --image "$busybox" true </dev/null 2>&1 |
+			grep -a 'sandbox run finished' >>"$results/phases.txt" || true
+	done
+	if command -v perf >/dev/null &&
+		perf record -q -a -e sched:sched_switch -o "$work/perf-check.data" -- true 2>/dev/null; then
+		log "warm runs: off-CPU time with perf (sched:sched_switch, system-wide)"
+		record_offcpu agentkernel '^(agentkernel|youki:)' "${moderate[@]}"
+		record_offcpu runc '^(runc|exe$)' "${runc_moderate[@]}"
+	else
+		log "perf cannot record sched:sched_switch here; the off-CPU tables are left out"
+	fi
+	strace -c -w -f -o "$work/strace.raw" "${moderate[@]}" </dev/null >/dev/null 2>&1 || true
+	# Keep the header, the 15 most expensive calls and the total line.
+	awk 'NR <= 2 || /total$/ { print; next } !/^-/ && ++calls <= 15' \
+		"$work/strace.raw" >"$results/strace.txt"
+}
+
+# --- 2. Cold pulls ------------------------------------------------------------
+
+measure_pulls() {
+	local commands=() entry image reference
+	log "cold pulls: ${pull_images[*]}"
+	for entry in "${pull_images[@]}"; do
+		image=${entry%%:*}
+		reference=${entry#*:}
+		commands+=("$(jq -cn --arg name "ak-pull-$image" \
+			--arg prepare "rm -rf '$work/ak-pull' && mkdir '$work/ak-pull'" \
+			--argjson argv "$(json_array "$agentkernel" --root "$work/ak-pull" pull "$reference")" \
+			'{name: $name, prepare: $prepare, argv: $argv}')")
+		commands+=("$(jq -cn --arg name "podman-pull-$image" \
+			--arg prepare "podman rmi -a -f >/dev/null" \
+			--argjson argv "$(json_array podman pull -q "$reference")" \
+			'{name: $name, prepare: $prepare, argv: $argv}')")
+		commands+=("$(jq -cn --arg name "skopeo-umoci-$image" \
+			--arg prepare "rm -rf '$work/umoci' && mkdir '$work/umoci'" \
+			--arg script "skopeo copy -q --src-tls-verify=false 'docker://$reference' 'oci:$work/umoci/oci:image' && umoci unpack --image '$work/umoci/oci:image' '$work/umoci/bundle' >/dev/null" \
+			'{name: $name, prepare: $prepare, argv: ["sh", "-c", $script]}')")
+	done
+	printf '%s\n' "${commands[@]}" | jq -s --arg runs "$runs" --arg warmups "$warmups" \
+		'{group: "pull", runs: ($runs | tonumber), warmups: ($warmups | tonumber), commands: .}' \
+		>"$work/pull-spec.json"
+	bench_py time "$work/pull-spec.json" "$results/pull.json"
+	podman rmi -a -f >/dev/null || true
+	rm -rf "$work/ak-pull" "$work/umoci"
+}
+
+# --- 3. 1 GiB layer -------------------------------------------------------------
+
+# Prints the path of a cached OCI layout with the tag `big`: one layer that
+# holds /big.bin, 1 GiB from /dev/urandom, so gzip cannot shrink it.
+big_layout() {
+	local cache=${AGENTKERNEL_BENCH_CACHE:-/var/cache/agentkernel-bench}
+	local layout=$cache/big-1g tmp
+	if [ ! -f "$layout/index.json" ]; then
+		log "building the 1 GiB layer image in $layout (once)"
+		mkdir -p "$cache"
+		tmp=$(mktemp -d "$cache/build.XXXXXX")
+		umoci init --layout "$tmp/layout"
+		umoci new --image "$tmp/layout:big"
+		umoci unpack --image "$tmp/layout:big" "$tmp/bundle" >/dev/null
+		head -c $((1024 * 1024 * 1024)) /dev/urandom >"$tmp/bundle/rootfs/big.bin"
+		umoci repack --image "$tmp/layout:big" "$tmp/bundle"
+		umoci config --image "$tmp/layout:big" --os linux --architecture amd64 \
+			--config.env PATH=/usr/bin:/bin --config.cmd /big.bin
+		umoci gc --layout "$tmp/layout"
+		mv "$tmp/layout" "$layout"
+		rm -rf "$tmp"
+	fi
+	echo "$layout"
+}
+
+measure_big() {
+	local layout reference=$registry/bench/big:1g
+	layout=$(big_layout)
+	log "pushing the 1 GiB layer image to $reference"
+	skopeo copy -q --dest-tls-verify=false "oci:$layout:big" "docker://$reference"
+	jq -n --arg prepare "rm -rf '$work/ak-big' && mkdir '$work/ak-big'" \
+		--argjson argv "$(json_array "$agentkernel" --root "$work/ak-big" pull "$reference")" \
+		'{group: "big", runs: 3, warmups: 1, commands: [
+			{name: "ak-pull-big", prepare: $prepare, argv: $argv}]}' >"$work/big-spec.json"
+	bench_py time "$work/big-spec.json" "$results/big.json"
+	rm -rf "$work/ak-big"
+}
+
+# --- 4. Parallel runs -----------------------------------------------------------
+
+measure_parallel() {
+	log "$parallel parallel runs, 3 rounds"
+	bench_py parallel "$results/parallel.json" "$parallel" 3 -- \
+		"$agentkernel" --root "$work/ak-warm" run --image "$busybox" true
+}
+
+write_notes() {
+	{
+		cat <<-'EOF'
+			- agentkernel runs from the image cache in a `--root` under the work directory, pulled
+			  once before the timed runs. Each run mounts an overlay over the cached layers and
+			  removes it afterwards. It uses no seccomp filter (`Seccomp: 0` in the sandbox).
+			- runc's bundle is `runc spec`, edited with jq to agentkernel's settings for the same
+			  profile: the same namespaces (pid, mount, ipc, uts, cgroup, plus network for
+			  restrictive), read-only root and a 64 MiB `/tmp` tmpfs for restrictive, memory, CPU
+			  quota and pids limits, the device rules, Docker's 14 default capabilities (without
+			  `CAP_NET_RAW` for restrictive), `noNewPrivileges`, `RLIMIT_NOFILE` 1024, bind mounts
+			  of `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, and no seccomp. The rootfs is
+			  the same busybox image, copied from the registry with skopeo and unpacked with
+			  `umoci unpack` once. Differences: runc's root is that plain directory, with no overlay
+			  mount per run, and runc brings up `lo` itself.
+			- podman 4.3 runs the image it pulled from the same registry, with crun, its default
+			  seccomp profile and capabilities, `--network none`, `--memory 512m --cpus 1
+			  --pids-limit 1024`, cgroupfs, and storage in the work directory. crun 1.8 rejects the
+			  host's hybrid cgroups, so each podman command runs as `unshare -m --propagation
+			  private sh -c 'umount /sys/fs/cgroup/unified; exec podman ...'`. The row
+			  `podman-wrapper` is that wrapper alone.
+			- `unshare --mount --uts --ipc --net --pid --fork true` is the floor: the namespaces and
+			  one fork and exec, with no cgroups, mounts or image.
+			- Cold pulls: each agentkernel pull gets an empty `--root`, each podman pull follows an
+			  uncounted `podman rmi -a -f`, each skopeo copy + umoci unpack goes to empty
+			  directories. All read from the same registry on 127.0.0.1 and write to the same
+			  filesystem; the registry's blobs are in the page cache after the warm-up rounds.
+			- Times are wall-clock times of the whole process, from posix_spawn to wait4, in
+			  `bench/bench.py`. CPU is user + system time of the process and its waited-for
+			  children; peak RSS is their largest `ru_maxrss`.
+		EOF
+		[ ! -f "$results/notes-skipped.txt" ] || cat "$results/notes-skipped.txt"
+	} >"$results/notes.txt"
+}
+
+started=$SECONDS
+machine_info
+measure_warm
+measure_pulls
+[ "$big_layer" = 0 ] || measure_big
+measure_parallel
+write_notes
+log "measured in $((SECONDS - started)) s"
+jq --arg after "$(cut -d' ' -f1-3 /proc/loadavg)" --arg seconds "$((SECONDS - started))" \
+	'.load += ", after: \($after)" | .duration = "\($seconds) s"' \
+	"$results/info.json" >"$results/info.json.new"
+mv "$results/info.json.new" "$results/info.json"
+cp "$here/profile-notes.md" "$results/profile.md"
+
+report_args=()
+[ -z "$write" ] || report_args=(--write "$write")
+bench_py report "${report_args[@]}" "$results"
