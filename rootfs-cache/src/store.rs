@@ -6,11 +6,21 @@
 //! <root>/layers/<chain id>/fs         a layer unpacked in overlayfs format
 //! <root>/layers/<chain id>/layer.json its diff ID and blob digest
 //! <root>/images/<sha256 of reference>.json
+//! <root>/pull.lock                    held by a pull, and by a prune
+//! <root>/images.lock                  held while an image record is rewritten
+//! <root>/prune.lock                   shared by runs choosing layers, exclusive for a prune
 //! ```
+//!
+//! The reference of a record is an [`ImageSource`] in text form, so images from OCI layouts
+//! (`oci:/dir:tag`) and `docker save` archives have records like registry images.
 //!
 //! Every entry appears by an atomic rename once it is complete and verified, so a crash
 //! at any point leaves only temporary files, which lookups never read. Entries are never
 //! modified afterwards: a sandbox stacks layers read-only under its own upper directory.
+//! Image records are the exception: `last_used` is rewritten in place by an atomic rename.
+
+mod fetcher;
+mod maintenance;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -22,9 +32,11 @@ use tokio::sync::Semaphore;
 use crate::blobs::{BlobError, BlobStore, sync_dir};
 use crate::digest::{Digest, chain_ids};
 use crate::image::{Descriptor, ImageConfig, Manifest, host_architecture, select_platform};
-use crate::reference::ImageReference;
-use crate::registry::{RegistryClient, RegistryConfig, RegistryError};
+use crate::registry::{RegistryConfig, RegistryError};
+use crate::source::ImageSource;
 use crate::unpack::{Compression, UnpackError, UnpackOptions, unpack_layer};
+use fetcher::Fetcher;
+pub use maintenance::{ImageSummary, LayersInUse, PruneLock, PruneReport, RunLock};
 
 /// How many layer blobs are downloaded at the same time.
 const CONCURRENT_DOWNLOADS: usize = 3;
@@ -84,6 +96,15 @@ pub enum StoreError {
         /// The digest of the uncompressed layer.
         actual: Digest,
     },
+    /// A local image (an OCI layout or a `docker save` archive) is missing, unreadable or
+    /// malformed, or one of its blobs does not match its digest.
+    #[error("{image}: {reason}")]
+    Local {
+        /// The source in text form, e.g. `oci:/srv/layout:app`.
+        image: String,
+        /// What is wrong, naming the file inside the source.
+        reason: String,
+    },
     /// A file system operation on the store failed.
     #[error("{operation} {path}: {source}")]
     Io {
@@ -99,6 +120,14 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Returns the current time in seconds since the Unix epoch (0 if the clock is before 1970).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_owned();
     move |source| StoreError::Io {
@@ -111,8 +140,10 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
 /// An image that is ready to run: its configuration and its unpacked layers.
 #[derive(Clone, Debug)]
 pub struct Image {
-    /// The reference it was pulled by.
-    pub reference: ImageReference,
+    /// The source it was pulled from: a registry reference or a local image.
+    pub reference: ImageSource,
+    /// The digest the source resolved to (an index or a manifest).
+    pub resolved_digest: Digest,
     /// The digest of the image manifest (the platform manifest, for an index).
     pub manifest_digest: Digest,
     /// The digest of the image configuration.
@@ -133,8 +164,21 @@ pub enum PullPolicy {
     Always,
 }
 
+/// The work a pull does for one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerWork {
+    /// The layer is unpacked already.
+    None,
+    /// The layer blob is stored; the layer is unpacked from it.
+    Unpack,
+    /// The layer blob is fetched (downloaded, or copied from a local image), then unpacked.
+    FetchAndUnpack,
+}
+
 /// Receives progress of a pull; every method has an empty default.
 pub trait PullProgress: Send + Sync {
+    /// Called once for each layer, bottom layer first, before any layer is fetched.
+    fn layer_queued(&self, _digest: &Digest, _size: u64, _work: LayerWork) {}
     /// A layer blob download starts.
     fn download_started(&self, _digest: &Digest, _size: u64) {}
     /// `bytes` more bytes of a layer blob arrived.
@@ -187,6 +231,9 @@ pub struct ImageRecord {
     pub config_digest: Digest,
     /// Seconds since the Unix epoch when the image was pulled.
     pub pulled_at: u64,
+    /// Seconds since the Unix epoch when a sandbox last used the image; `None` if never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -222,7 +269,7 @@ impl ImageStore {
         &self.blobs
     }
 
-    fn record_path(&self, reference: &ImageReference) -> PathBuf {
+    fn record_path(&self, reference: &ImageSource) -> PathBuf {
         let key = Digest::of(reference.to_string().as_bytes());
         self.root
             .join("images")
@@ -251,7 +298,8 @@ impl ImageStore {
     }
 
     /// Returns the cached image for `reference` if it is complete, without any network access.
-    pub fn lookup(&self, reference: &ImageReference) -> Result<Option<Image>, StoreError> {
+    pub fn lookup(&self, reference: impl Into<ImageSource>) -> Result<Option<Image>, StoreError> {
+        let reference = &reference.into();
         let path = self.record_path(reference);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -277,6 +325,7 @@ impl ImageStore {
         }
         Ok(Some(Image {
             reference: reference.clone(),
+            resolved_digest: record.resolved_digest,
             manifest_digest: record.manifest_digest,
             config_digest: record.config_digest,
             config,
@@ -286,7 +335,7 @@ impl ImageStore {
 
     fn read_config(
         &self,
-        reference: &ImageReference,
+        reference: &ImageSource,
         digest: &Digest,
     ) -> Result<ImageConfig, StoreError> {
         let bytes = self.blobs.read_verified(digest)?;
@@ -298,42 +347,55 @@ impl ImageStore {
         })
     }
 
-    /// Makes `reference` available locally: resolves it at the registry (unless cached and
-    /// `policy` is [`PullPolicy::IfMissing`]), downloads what is missing, verifies every
-    /// blob against its digest and every layer against its diff ID, and unpacks layers in
-    /// manifest order.
+    /// Makes `reference` available locally: resolves it at its registry or in its local
+    /// image (unless cached and `policy` is [`PullPolicy::IfMissing`]), copies what is
+    /// missing, verifies every blob against its digest and every layer against its diff
+    /// ID, and unpacks layers in manifest order.
+    ///
+    /// A local image is resolved even when it is cached, because that needs no network:
+    /// when its layout or archive changed, the new image is pulled.
     pub async fn pull(
         &self,
-        reference: &ImageReference,
+        reference: impl Into<ImageSource>,
         options: &PullOptions,
     ) -> Result<Image, StoreError> {
-        if options.policy == PullPolicy::IfMissing {
+        let reference = &reference.into();
+        let if_missing = options.policy == PullPolicy::IfMissing;
+        if if_missing && !reference.is_local() {
             if let Some(image) = self.lookup(reference)? {
                 return Ok(image);
             }
         }
-        let client = Arc::new(RegistryClient::new(&options.registry, reference)?);
+        let fetcher = Fetcher::open(reference, &options.registry).await?;
+        // A cached image counts only if it is what a local source resolves to now.
+        let cached = || -> Result<Option<Image>, StoreError> {
+            let image = self.lookup(reference)?;
+            Ok(image.filter(|image| {
+                fetcher
+                    .known_root()
+                    .is_none_or(|root| root == &image.resolved_digest)
+            }))
+        };
+        if if_missing && reference.is_local() {
+            if let Some(image) = cached()? {
+                return Ok(image);
+            }
+        }
         let _lock = self.lock().await?;
-        if options.policy == PullPolicy::IfMissing {
+        if if_missing {
             // Another process may have pulled it while this one waited for the lock.
-            if let Some(image) = self.lookup(reference)? {
+            if let Some(image) = cached()? {
                 return Ok(image);
             }
         }
 
         let (resolved_digest, manifest_digest, config_descriptor, layers) =
-            self.fetch_manifests(&client, reference).await?;
+            self.fetch_manifests(&fetcher, reference).await?;
 
         let config_digest = config_descriptor.digest.clone();
         if !self.blobs.contains(&config_digest) {
-            client
-                .fetch_blob(
-                    reference,
-                    &config_digest,
-                    config_descriptor.size,
-                    &self.blobs,
-                    |_| {},
-                )
+            fetcher
+                .fetch_blob(&config_digest, config_descriptor.size, &self.blobs, |_| {})
                 .await?;
         }
         let config = self.read_config(reference, &config_digest)?;
@@ -352,7 +414,7 @@ impl ImageStore {
         }
 
         let layer_dirs = self
-            .fetch_layers(&client, reference, &layers, &diff_ids, options)
+            .fetch_layers(&fetcher, reference, &layers, &diff_ids, options)
             .await?;
 
         let record = ImageRecord {
@@ -360,15 +422,14 @@ impl ImageStore {
             resolved_digest,
             manifest_digest: manifest_digest.clone(),
             config_digest: config_digest.clone(),
-            pulled_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            pulled_at: unix_now(),
+            last_used: None,
         };
         self.write_record(reference, &record)?;
 
         Ok(Image {
             reference: reference.clone(),
+            resolved_digest: record.resolved_digest,
             manifest_digest,
             config_digest,
             config,
@@ -398,10 +459,10 @@ impl ImageStore {
     /// Returns the digest the reference resolved to, the manifest digest, config and layers.
     async fn fetch_manifests(
         &self,
-        client: &RegistryClient,
-        reference: &ImageReference,
+        fetcher: &Arc<Fetcher>,
+        reference: &ImageSource,
     ) -> Result<(Digest, Digest, Descriptor, Vec<Descriptor>), StoreError> {
-        let (bytes, resolved_digest) = client.fetch_manifest(reference).await?;
+        let (bytes, resolved_digest) = fetcher.root_manifest().await?;
         self.blobs.put(&resolved_digest, &bytes)?;
         let invalid = |what, digest: &Digest, reason| StoreError::InvalidDocument {
             what,
@@ -421,8 +482,7 @@ impl ImageStore {
                         digest: resolved_digest.clone(),
                     }
                 })?;
-                let child = reference.with_digest(&entry.digest);
-                let (bytes, digest) = client.fetch_manifest(&child).await?;
+                let (bytes, digest) = fetcher.child_manifest(&entry.digest).await?;
                 if digest != entry.digest {
                     return Err(invalid(
                         "index",
@@ -453,8 +513,8 @@ impl ImageStore {
     /// manifest order, since each layer's implied directories copy from the layers below.
     async fn fetch_layers(
         &self,
-        client: &Arc<RegistryClient>,
-        reference: &ImageReference,
+        fetcher: &Arc<Fetcher>,
+        reference: &ImageSource,
         layers: &[Descriptor],
         diff_ids: &[Digest],
         options: &PullOptions,
@@ -468,23 +528,35 @@ impl ImageStore {
         let semaphore = Arc::new(Semaphore::new(CONCURRENT_DOWNLOADS));
         let mut downloads = Vec::with_capacity(layers.len());
         for (layer, &is_missing) in layers.iter().zip(&missing) {
-            if !is_missing || self.blobs.contains(&layer.digest) {
+            let work = if !is_missing {
+                LayerWork::None
+            } else if self.blobs.contains(&layer.digest) {
+                LayerWork::Unpack
+            } else {
+                LayerWork::FetchAndUnpack
+            };
+            options
+                .progress
+                .layer_queued(&layer.digest, layer.size, work);
+            if work != LayerWork::FetchAndUnpack {
                 downloads.push(None);
                 continue;
             }
-            let client = Arc::clone(client);
+            let fetcher = Arc::clone(fetcher);
             let semaphore = Arc::clone(&semaphore);
             let blobs = self.blobs.clone();
-            let reference = reference.clone();
             let progress = Arc::clone(&options.progress);
             let layer = layer.clone();
             downloads.push(Some(tokio::spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
                 progress.download_started(&layer.digest, layer.size);
-                let result = client
-                    .fetch_blob(&reference, &layer.digest, layer.size, &blobs, |n| {
-                        progress.downloaded(&layer.digest, n)
-                    })
+                let on_bytes = {
+                    let progress = Arc::clone(&progress);
+                    let digest = layer.digest.clone();
+                    move |n| progress.downloaded(&digest, n)
+                };
+                let result = fetcher
+                    .fetch_blob(&layer.digest, layer.size, &blobs, on_bytes)
                     .await;
                 progress.download_finished(&layer.digest);
                 result
@@ -520,7 +592,7 @@ impl ImageStore {
     /// to `dir`.
     async fn unpack(
         &self,
-        reference: &ImageReference,
+        reference: &ImageSource,
         layer: &Descriptor,
         diff_id: &Digest,
         dir: &Path,
@@ -602,9 +674,24 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Writes the record of a pull, keeping the `last_used` of the record it replaces.
     fn write_record(
         &self,
-        reference: &ImageReference,
+        reference: &ImageSource,
+        record: &ImageRecord,
+    ) -> Result<(), StoreError> {
+        let _lock = self.lock_records()?;
+        let mut record = record.clone();
+        if let Some(previous) = self.read_record(reference)? {
+            record.last_used = previous.last_used;
+        }
+        self.replace_record(reference, &record)
+    }
+
+    /// Replaces the record file of `reference` atomically. Call it with `images.lock` taken.
+    fn replace_record(
+        &self,
+        reference: &ImageSource,
         record: &ImageRecord,
     ) -> Result<(), StoreError> {
         let path = self.record_path(reference);
