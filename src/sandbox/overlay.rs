@@ -27,6 +27,11 @@ const MAX_MOUNT_DATA: usize = 4095;
 /// Mounts an overlay of `lower_dirs` (topmost first) with `upper` and `work` in `sandbox_dir`
 /// on `<sandbox_dir>/merged` and returns that path.
 ///
+/// The mount is `volatile` (Linux 5.10+): overlayfs skips syncing the upper filesystem, which
+/// would otherwise flush the whole host filesystem on every unmount. The upper layer is thrown
+/// away after the run, and one kept with `--keep` is written back by normal page-cache writeback,
+/// so it may lose its latest writes if the host crashes.
+///
 /// The options name upper, work and lower directories relative to `sandbox_dir` (or absolute
 /// when that is shorter), because overlayfs shows them as given in every `/proc/mounts`,
 /// including the container's. Relative paths resolve against the working directory of the
@@ -57,7 +62,7 @@ pub(super) fn mount(sandbox_dir: &Path, lower_dirs: &[PathBuf]) -> anyhow::Resul
         lowers.push(escape_lower(&shorter)?);
     }
     let options = format!(
-        "lowerdir={},upperdir={UPPER},workdir={WORK}",
+        "lowerdir={},upperdir={UPPER},workdir={WORK},volatile",
         lowers.join(":")
     );
     // TODO: image stacks whose lowerdir list exceeds one page (about 50 layers at 80 bytes a

@@ -698,7 +698,7 @@ fn run_timing() {
     let env = TestEnv::new();
     let mut samples = Vec::new();
     for index in 0..23 {
-        let request = env.request(&["true"], Profile::Restrictive);
+        let request = env.request(&["true"], Profile::Moderate);
         let started = Instant::now();
         let outcome = run_captured(request).unwrap();
         let total = started.elapsed();
