@@ -67,6 +67,24 @@ fn echo_hello() {
 }
 
 #[test]
+fn run_restores_dumpable_flag() {
+    if !require_root() {
+        return;
+    }
+    // ContainerBuilder::build clears the dumpable flag of the calling process. The flag is
+    // process-wide, so it is read under the run lock, while no other test builds a container.
+    let dumpable = || {
+        let _guard = run_lock();
+        nix::sys::prctl::get_dumpable().unwrap()
+    };
+    assert!(dumpable());
+    let env = TestEnv::new();
+    let (status, _, _) = run_text(env.request(&["true"], Profile::Moderate));
+    assert_eq!(status, 0);
+    assert!(dumpable());
+}
+
+#[test]
 fn stdout_stderr_and_exit_code() {
     if !require_root() {
         return;
