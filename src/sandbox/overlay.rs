@@ -1,7 +1,7 @@
 //! The overlayfs root filesystem of a sandbox: read-only image layers below, a per-sandbox upper
 //! directory on top.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,6 +24,10 @@ const MERGED: &str = "merged";
 /// Maximum length of `mount(2)` data: one page, including the terminating NUL.
 const MAX_MOUNT_DATA: usize = 4095;
 
+/// Maximum length of one `fsconfig` string value, excluding the terminating NUL (Linux copies at
+/// most 256 bytes with `strndup_user`).
+const MAX_FSCONFIG_VALUE: usize = 255;
+
 /// Mounts an overlay of `lower_dirs` (topmost first) with `upper` and `work` in `sandbox_dir`
 /// on `<sandbox_dir>/merged` and returns that path.
 ///
@@ -37,6 +41,8 @@ const MAX_MOUNT_DATA: usize = 4095;
 /// including the container's. Relative paths resolve against the working directory of the
 /// mounting thread. A helper thread therefore unshares its filesystem attributes (`CLONE_FS`),
 /// changes into `sandbox_dir` and mounts, and the rest of the process keeps its directory.
+/// Options longer than the one page `mount(2)` accepts go through `fsconfig` one layer at a
+/// time instead (Linux 6.8+), where each path may have at most 255 bytes.
 pub(super) fn mount(sandbox_dir: &Path, lower_dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
     if lower_dirs.is_empty() {
         bail!("no image layers to mount for {}", sandbox_dir.display());
@@ -59,46 +65,149 @@ pub(super) fn mount(sandbox_dir: &Path, lower_dirs: &[PathBuf]) -> anyhow::Resul
         } else {
             absolute
         };
-        lowers.push(escape_lower(&shorter)?);
+        let Some(text) = shorter.to_str() else {
+            bail!("image layer path {} is not valid UTF-8", shorter.display());
+        };
+        lowers.push(text.to_string());
     }
+    let escaped: Vec<String> = lowers
+        .iter()
+        .map(|lower| escape_lower(lower))
+        .collect::<anyhow::Result<_>>()?;
     let options = format!(
         "lowerdir={},upperdir={UPPER},workdir={WORK},volatile",
-        lowers.join(":")
+        escaped.join(":")
     );
-    // TODO: image stacks whose lowerdir list exceeds one page (about 50 layers at 80 bytes a
-    // path) are rejected. The new mount API (fsconfig with "lowerdir+", Linux 6.8+) would take
-    // one layer per call.
-    if options.len() > MAX_MOUNT_DATA {
-        bail!(
-            "overlay options for {} layers are {} bytes, more than the {MAX_MOUNT_DATA}-byte limit of mount(2)",
-            lower_dirs.len(),
-            options.len()
-        );
-    }
 
     let dir = sandbox_dir.to_path_buf();
-    let mount_options = options.clone();
     std::thread::Builder::new()
         .name("sandbox-mount".to_string())
         .spawn(move || -> anyhow::Result<()> {
             unshare(CloneFlags::CLONE_FS).context("failed to unshare the working directory")?;
             std::env::set_current_dir(&dir)
                 .with_context(|| format!("failed to change into {}", dir.display()))?;
-            nix::mount::mount(
-                Some("overlay"),
-                MERGED,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(mount_options.as_str()),
-            )
-            .map_err(io::Error::from)
-            .with_context(|| format!("failed to mount overlay ({mount_options})"))
+            if options.len() <= MAX_MOUNT_DATA {
+                nix::mount::mount(
+                    Some("overlay"),
+                    MERGED,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(options.as_str()),
+                )
+                .map_err(io::Error::from)
+                .with_context(|| format!("failed to mount overlay ({options})"))
+            } else {
+                mount_layer_by_layer(&lowers).with_context(|| {
+                    format!(
+                        "failed to mount an overlay of {} layers with fsconfig",
+                        lowers.len()
+                    )
+                })
+            }
         })
         .context("failed to start the mount thread")?
         .join()
         .map_err(|_| anyhow::anyhow!("the overlay mount thread panicked"))?
         .with_context(|| format!("in {}", sandbox_dir.display()))?;
     Ok(sandbox_dir.join(MERGED))
+}
+
+/// Mounts the overlay on `merged` in the current directory with the new mount API, passing each
+/// lower directory in its own `fsconfig` call ("lowerdir+", Linux 6.8+). This avoids the
+/// one-page limit of `mount(2)` options for image stacks with many layers.
+fn mount_layer_by_layer(lowers: &[String]) -> anyhow::Result<()> {
+    use nix::libc;
+
+    let string =
+        |value: &str| CString::new(value).with_context(|| format!("{value:?} contains a NUL byte"));
+    // SAFETY: fsopen reads the NUL-terminated file system name and returns a new descriptor.
+    let context =
+        unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), libc::FSOPEN_CLOEXEC) };
+    let context = owned_fd(context).context("fsopen(overlay) failed")?;
+    let set = |key: &str, value: Option<&str>| -> anyhow::Result<()> {
+        let key_c = string(key)?;
+        let value_c = value.map(string).transpose()?;
+        let (command, value_ptr) = match &value_c {
+            Some(value) => (libc::FSCONFIG_SET_STRING, value.as_ptr()),
+            None => (libc::FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: fsconfig reads the NUL-terminated key and value (or no value for a flag),
+        // which live until it returns.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                command,
+                key_c.as_ptr(),
+                value_ptr,
+                0,
+            )
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("fsconfig {key}={}", value.unwrap_or("")));
+        }
+        Ok(())
+    };
+    for lower in lowers {
+        if lower.len() > MAX_FSCONFIG_VALUE {
+            bail!("image layer path {lower} is longer than {MAX_FSCONFIG_VALUE} bytes");
+        }
+        set("lowerdir+", Some(lower))?;
+    }
+    set("upperdir", Some(UPPER))?;
+    set("workdir", Some(WORK))?;
+    set("volatile", None)?;
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value pointers.
+    let created = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            libc::FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if created < 0 {
+        return Err(io::Error::last_os_error()).context("fsconfig create failed");
+    }
+    // SAFETY: fsmount takes the configured context and returns a new mount descriptor.
+    let mount = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            0,
+        )
+    };
+    let mount = owned_fd(mount).context("fsmount failed")?;
+    let target = string(MERGED)?;
+    // SAFETY: move_mount reads the empty source path and the NUL-terminated target path,
+    // which live until it returns.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(io::Error::last_os_error()).context("move_mount failed");
+    }
+    Ok(())
+}
+
+/// Takes ownership of the descriptor a syscall returned, or of its error.
+fn owned_fd(result: nix::libc::c_long) -> io::Result<OwnedFd> {
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(result as i32) })
 }
 
 /// Unmounts everything mounted on or below `dir`, deepest first, and fails if anything stays.
@@ -194,12 +303,11 @@ fn relative_path(from: &Path, to: &Path) -> PathBuf {
 
 /// Escapes a lower directory for the `lowerdir=` list, where `:` separates layers and `,`
 /// separates options.
-fn escape_lower(path: &Path) -> anyhow::Result<String> {
-    let Some(text) = path.to_str() else {
-        bail!("image layer path {} is not valid UTF-8", path.display());
-    };
+fn escape_lower(text: &str) -> anyhow::Result<String> {
     if text.contains(',') {
-        bail!("image layer path {text} contains a comma, which overlay options cannot hold");
+        bail!(
+            "image layer path {text} contains a comma, which overlay mount options cannot contain"
+        );
     }
     Ok(text.replace('\\', "\\\\").replace(':', "\\:"))
 }
@@ -270,9 +378,9 @@ mod tests {
 
     #[test]
     fn lower_paths_are_escaped() {
-        assert_eq!(escape_lower(Path::new("a:b")).unwrap(), "a\\:b");
-        assert_eq!(escape_lower(Path::new("a\\b")).unwrap(), "a\\\\b");
-        assert!(escape_lower(Path::new("a,b")).is_err());
+        assert_eq!(escape_lower("a:b").unwrap(), "a\\:b");
+        assert_eq!(escape_lower("a\\b").unwrap(), "a\\\\b");
+        assert!(escape_lower("a,b").is_err());
     }
 
     #[test]
