@@ -50,6 +50,9 @@ fn store_hint(error: &StoreError) -> &'static str {
         StoreError::Io { .. } | StoreError::Blob(BlobError::Io { .. }) => {
             "check free disk space and permissions of the --root directory"
         }
+        StoreError::Local { .. } => {
+            "check that the path contains an OCI image layout (oci:DIR) or a docker save archive (docker-archive:FILE)"
+        }
         StoreError::Internal(_) => "this is a bug in agentkernel",
     }
 }
