@@ -22,9 +22,9 @@ use nix::unistd::Pid;
 /// Validation is [`DefaultExecutor`]'s.
 ///
 /// It never touches the init process's own environment. libcontainer's default `setup_envs`
-/// calls `std::env::remove_var`, which takes the standard library's environment lock; if another
-/// thread of the parent held that lock when init was cloned, init waits for it forever. For the
-/// same reason errors go to stderr with a raw `write`, not through `std::io::stderr()`.
+/// calls `std::env::remove_var`, which takes the standard library's environment lock. If another
+/// thread of the parent held that lock when init was cloned, init would wait for it forever. For
+/// the same reason errors go to stderr with a raw `write`, not through `std::io::stderr()`.
 ///
 /// Init inherits the caller's ignored signals (Rust ignores SIGPIPE) and signal mask, and
 /// `execve` keeps both, hence the reset in the command's process.

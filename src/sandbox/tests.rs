@@ -718,7 +718,8 @@ fn existing_sandbox_dir_is_rejected() {
     assert!(request.sandbox_dir.join("keep-me").exists());
 }
 
-/// Measures `true` runs; run with `cargo test -- --ignored --nocapture run_timing`.
+/// Measures `true` runs in the moderate profile; run with
+/// `cargo test --release -- --ignored --nocapture run_timing`.
 #[test]
 #[ignore = "benchmark"]
 fn run_timing() {
