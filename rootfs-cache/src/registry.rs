@@ -305,9 +305,11 @@ fn parse_mirror(mirror: &str) -> Result<(String, Option<Scheme>), RegistryError>
     Ok((host.to_owned(), scheme))
 }
 
-/// Finds credentials for `registry` in a Docker `config.json` (`auths.<host>.auth`, the
-/// base64 of `user:password`). No file or no entry means anonymous access, which still
-/// follows a registry's Bearer-token challenge.
+/// Finds credentials for `registry` in a Docker `config.json`, in the order Docker uses:
+/// the credential helper `credHelpers.<host>`, else the helper `credsStore`, else
+/// `auths.<host>` (`auth`, the base64 of `user:password`, or `username` and `password`).
+/// A helper that has no credentials for the registry falls back to `auths`. No file or no
+/// entry means anonymous access, which still follows a registry's Bearer-token challenge.
 fn credentials_for(
     docker_config: Option<&Path>,
     registry: &str,
@@ -344,13 +346,32 @@ fn credentials_for(
     } else {
         vec![registry]
     };
-    let entry = config.auths.iter().find(|(key, _)| {
+    let matches = |key: &str| {
         let host = key
             .trim_start_matches("https://")
             .trim_start_matches("http://")
             .trim_end_matches('/');
-        keys.iter().any(|k| *k == key.as_str() || *k == host)
-    });
+        keys.iter().any(|k| *k == key || *k == host)
+    };
+    let helper = config
+        .cred_helpers
+        .iter()
+        .find(|(key, helper)| matches(key) && !helper.is_empty())
+        .map(|(_, helper)| helper)
+        .or(config.creds_store.as_ref())
+        .filter(|helper| !helper.is_empty());
+    if let Some(helper) = helper {
+        // Docker stores Docker Hub credentials under its v1 index URL.
+        let server = if registry == "docker.io" {
+            "https://index.docker.io/v1/"
+        } else {
+            registry
+        };
+        if let Some(auth) = run_credential_helper(helper, server, &path)? {
+            return Ok(auth);
+        }
+    }
+    let entry = config.auths.iter().find(|(key, _)| matches(key));
     let Some((_, entry)) = entry else {
         return Ok(RegistryAuth::Anonymous);
     };
@@ -374,10 +395,87 @@ fn credentials_for(
     Ok(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
 }
 
+/// Runs `docker-credential-<helper> get` with `server` on stdin, as the Docker credential
+/// helper protocol defines. Returns `None` when the helper has no credentials for it.
+fn run_credential_helper(
+    helper: &str,
+    server: &str,
+    config_path: &Path,
+) -> Result<Option<RegistryAuth>, RegistryError> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let program = format!("docker-credential-{helper}");
+    let failed = |reason: String| {
+        RegistryError::Config(format!(
+            "credential helper {program} (set in {}) failed for {server}: {reason}",
+            config_path.display()
+        ))
+    };
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot run it: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(server.as_bytes())
+            .map_err(|e| failed(format!("cannot write to its stdin: {e}")))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(format!("cannot read its output: {e}")))?;
+    if !output.status.success() {
+        // The helpers print this message (to stdout) when they have no entry for `server`.
+        let message = format!(
+            "{} {}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        if message.contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(failed(format!("{}: {}", output.status, message.trim())));
+    }
+    let credentials: HelperCredentials = serde_json::from_slice(&output.stdout).map_err(|e| {
+        failed(format!(
+            "its output is not the expected JSON with Username and Secret: {e}"
+        ))
+    })?;
+    // TODO: a "<token>" user name means Secret is an OAuth refresh token that `docker login`
+    // stored. oci-client has no refresh-token flow, so such entries are rejected.
+    if credentials.username == "<token>" {
+        return Err(failed(
+            "it returned an identity token, which agentkernel cannot use; log in with a user name and password".to_owned(),
+        ));
+    }
+    Ok(Some(RegistryAuth::Basic(
+        credentials.username,
+        credentials.secret,
+    )))
+}
+
 #[derive(serde::Deserialize, Default)]
 struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, DockerAuth>,
+    /// The credential helper for every registry, e.g. `desktop` for docker-credential-desktop.
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    /// Credential helpers by registry host; they take precedence over `credsStore`.
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+}
+
+/// The output of `docker-credential-<helper> get`.
+#[derive(serde::Deserialize)]
+struct HelperCredentials {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -434,5 +532,31 @@ mod tests {
             credentials_for(Some(&dir.path().join("missing.json")), "x").unwrap(),
             RegistryAuth::Anonymous
         ));
+    }
+
+    #[test]
+    fn missing_credential_helper_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"credsStore":"agentkernel-no-such-helper","credHelpers":{"127.0.0.1:5001":""}}"#,
+        )
+        .unwrap();
+        let error = credentials_for(Some(&path), "127.0.0.1:5002")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(
+                "credential helper docker-credential-agentkernel-no-such-helper (set in "
+            ),
+            "{error}"
+        );
+        assert!(
+            error.contains("failed for 127.0.0.1:5002: cannot run it"),
+            "{error}"
+        );
+        // An empty credHelpers entry falls back to the credsStore, as in Docker.
+        assert!(credentials_for(Some(&path), "127.0.0.1:5001").is_err());
     }
 }
