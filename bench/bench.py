@@ -157,7 +157,7 @@ def command_parallel(out_path, count, rounds, argv):
     Path(out_path).write_text(json.dumps(result))
 
 
-# Kernel frames that only say "this task sleeps"; the wait site is the first frame below them.
+# Frames of the scheduler and of generic wait helpers; the wait site is the first other frame.
 SCHEDULER_FRAMES = {
     "__schedule",
     "schedule",
@@ -191,7 +191,8 @@ def command_offcpu(script_path, runs, comm_pattern, out_path):
         if not match:
             continue
         frames = [line.split()[1] for line in lines[1:] if len(line.split()) > 1]
-        frames = [frame.split("+")[0] for frame in frames if frame.split("+")[0] not in SCHEDULER_FRAMES]
+        frames = [frame.split("+")[0] for frame in frames]
+        frames = [frame for frame in frames if frame not in SCHEDULER_FRAMES]
         time_s = float(match["time"])
         switched_out[match["prev_pid"]] = (time_s, match["state"], match["prev_comm"], frames)
         previous = switched_out.pop(match["next_pid"], None)
@@ -213,11 +214,6 @@ def command_offcpu(script_path, runs, comm_pattern, out_path):
         if len(rows) >= 14:
             break
         rows.append(f"| {total * 1000 / runs:.2f} | {count} | {state} | `{site}` |")
-    sleeping = sum(total for (state, _), (total, _) in totals.items() if state == "S")
-    rows.append(
-        f"| {sleeping * 1000 / runs:.2f} | | S | all interruptible sleeps together (mostly waiting "
-        "for the sandbox's own processes) |"
-    )
     Path(out_path).write_text("\n".join(rows) + "\n")
 
 
@@ -300,7 +296,9 @@ def errors_section(results):
             if error:
                 failed = sum(1 for s in command["warmup"] + command["samples"] if s["status"])
                 total = len(command["warmup"]) + len(command["samples"])
-                lines.append(f"- `{command['name']}` failed {failed} of {total} runs; the first error:")
+                lines.append(
+                    f"- `{command['name']}` failed {failed} of {total} runs; the first error:"
+                )
                 lines.append("")
                 lines.append("  ```")
                 lines.extend(f"  {line}" for line in error[-6:])
@@ -315,17 +313,22 @@ class Goals:
         self.rows = []
 
     def ratio(self, label, numerator, denominator, limit):
-        a = median_of(numerator)
-        b = median_of(denominator)
-        if a is None or b is None:
-            missing = [c["name"] if c else "?" for c, v in ((numerator, a), (denominator, b)) if v is None]
-            self.rows.append((label, f"no data ({', '.join(missing)} failed or did not run)", f"≤ {limit}", "no"))
+        numerator_ms = median_of(numerator)
+        denominator_ms = median_of(denominator)
+        if numerator_ms is None or denominator_ms is None:
+            missing = [
+                command["name"] if command else "a command"
+                for command, median in ((numerator, numerator_ms), (denominator, denominator_ms))
+                if median is None
+            ]
+            measured = f"no data ({', '.join(missing)} failed or did not run)"
+            self.rows.append((label, measured, f"≤ {limit}", "no"))
             return
-        value = a / b
+        value = numerator_ms / denominator_ms
         self.rows.append((label, f"{value:.2f}", f"≤ {limit}", "yes" if value <= limit else "no"))
 
-    def value(self, label, shown, target, met):
-        self.rows.append((label, shown, target, "yes" if met else "no"))
+    def value(self, label, measured, target, met):
+        self.rows.append((label, measured, target, "yes" if met else "no"))
 
     def table(self):
         lines = ["| goal | measured | target | met |", "|---|---|---|---|"]
@@ -336,38 +339,46 @@ class Goals:
 def ratio_lines(pairs):
     lines = []
     for label, numerator, denominator in pairs:
-        a = median_of(numerator)
-        b = median_of(denominator)
-        if a is not None and b is not None:
-            lines.append(f"- {label} = {a / b:.2f}")
+        numerator_ms = median_of(numerator)
+        denominator_ms = median_of(denominator)
+        if numerator_ms is not None and denominator_ms is not None:
+            lines.append(f"- {label} = {numerator_ms / denominator_ms:.2f}")
         else:
             lines.append(f"- {label} = n/a (a command failed or did not run)")
     return lines
 
 
-PHASE_RE = re.compile(
-    r"total=([0-9.]+)(ms|µs|s) timings=Timings \{ prepare: ([0-9.]+)(ms|µs|s), "
-    r"build: ([0-9.]+)(ms|µs|s), start: ([0-9.]+)(ms|µs|s), wait: ([0-9.]+)(ms|µs|s), "
-    r"delete: ([0-9.]+)(ms|µs|s) \}"
-)
-UNIT_MS = {"s": 1000.0, "ms": 1.0, "µs": 0.001}
+PHASE_LINE_RE = re.compile(r"sandbox run finished.*?total=(\S+) timings=Timings \{ (.*?) \}")
+DURATION_RE = re.compile(r"^([0-9.]+)(ns|µs|ms|s)$")
+UNIT_MS = {"ns": 1e-6, "µs": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def duration_ms(text):
+    """Converts a Rust `Duration` debug string such as `1.5ms` or `250µs` to milliseconds."""
+    match = DURATION_RE.match(text.strip())
+    if not match:
+        raise ValueError(f"invalid duration {text!r} in a `sandbox run finished` line")
+    return float(match[1]) * UNIT_MS[match[2]]
 
 
 def phase_table(text):
-    """Parses the `sandbox run finished` debug lines and returns a table of phase medians."""
+    """Parses the `sandbox run finished` debug lines and returns a table of phase medians.
+
+    The phases are the fields of the logged `Timings` struct, in their order, after `total`.
+    """
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    names = ["total", "prepare", "build", "start", "wait", "delete"]
-    columns = {name: [] for name in names}
-    for match in PHASE_RE.finditer(text):
-        groups = match.groups()
-        for i, name in enumerate(names):
-            columns[name].append(float(groups[2 * i]) * UNIT_MS[groups[2 * i + 1]])
-    count = len(columns["total"])
+    columns = {}
+    count = 0
+    for match in PHASE_LINE_RE.finditer(text):
+        count += 1
+        columns.setdefault("total", []).append(duration_ms(match[1]))
+        for field in match[2].split(", "):
+            name, _, value = field.partition(": ")
+            columns.setdefault(name, []).append(duration_ms(value))
     if count == 0:
         return [], 0
     rows = ["| phase | median | min | max |", "|---|---|---|---|"]
-    for name in names:
-        values = columns[name]
+    for name, values in columns.items():
         rows.append(
             f"| {name} | {fmt_ms(statistics.median(values))} | {fmt_ms(min(values))} "
             f"| {fmt_ms(max(values))} |"
@@ -423,7 +434,8 @@ def report(directory):
         "successful counted runs; ratios are median / median."
     )
     out += ["", "## Machine", ""]
-    for key in ["cpus", "memory", "kernel", "os", "cgroups", "filesystem", "versions", "load", "duration"]:
+    machine_keys = ["cpus", "memory", "kernel", "os", "cgroups", "filesystem", "versions"]
+    for key in machine_keys + ["load", "duration"]:
         if key in info:
             out.append(f"- {key}: {info[key]}")
 
@@ -453,7 +465,12 @@ def report(directory):
                 rss_values += [(s["maxrss_kib"], command["name"]) for s in ok_samples(command)]
     if rss_values:
         peak, where = max(rss_values)
-        goals.value("peak RSS of `agentkernel pull`", f"{fmt_mib(peak)} ({where})", "≤ 64 MiB", peak <= 64 * 1024)
+        goals.value(
+            "peak RSS of `agentkernel pull`",
+            f"{fmt_mib(peak)} ({where})",
+            "≤ 64 MiB",
+            peak <= 64 * 1024,
+        )
     else:
         goals.value("peak RSS of `agentkernel pull`", "no successful pull", "≤ 64 MiB", False)
     if parallel:
@@ -496,12 +513,11 @@ def report(directory):
         out += ["", "## Where the warm run's time goes", ""]
     if rows:
         out.append(
-            f"Phases of `agentkernel --debug run --image <busybox> true` (moderate) as the "
-            f"`sandbox run finished` debug line reports them, {count} runs. `--debug` adds the "
-            "cost of logging, so the totals are above the table above. `build` is libcontainer's "
-            "`ContainerBuilder::build` (namespaces, cgroups, mounts, up to the parked init), "
-            "`delete` is `Container::delete` plus unmounting the overlay and removing the "
-            "sandbox directory."
+            f"Phases of `agentkernel --debug run --image <busybox> true` (moderate) from its "
+            f"`sandbox run finished` debug line, {count} runs. Each phase is a field of the "
+            "`Timings` struct in `src/sandbox/mod.rs`, whose comments say what it covers; "
+            "`total` is the whole `sandbox::run`, without process start, argument parsing and "
+            "the image lookup. `--debug` adds the cost of logging."
         )
         out += [""] + rows
     offcpu = [(name, load(directory, f"offcpu-{name}.md")) for name in ("agentkernel", "runc")]
@@ -540,7 +556,11 @@ def report(directory):
         pairs = []
         for image in images:
             pairs.append(
-                (f"agentkernel/podman pull, {image}", p.get(f"ak-pull-{image}"), p.get(f"podman-pull-{image}"))
+                (
+                    f"agentkernel/podman pull, {image}",
+                    p.get(f"ak-pull-{image}"),
+                    p.get(f"podman-pull-{image}"),
+                )
             )
             pairs.append(
                 (
@@ -567,7 +587,11 @@ def report(directory):
             f"`--root`) {parallel['count']} times at once and waits for all of them. Every "
             "process's exit status is checked."
         )
-        out += ["", "| round | wall time, all | slowest | fastest | failed |", "|---|---|---|---|---|"]
+        out += [
+            "",
+            "| round | wall time, all | slowest | fastest | failed |",
+            "|---|---|---|---|---|",
+        ]
         for index, result in enumerate(parallel["rounds"], 1):
             walls = [process["wall_ms"] for process in result["processes"]]
             out.append(

@@ -15,10 +15,12 @@
 # strace, time), runs `cargo build --release`, and re-runs itself under
 # tests/env/with-registries.sh, which starts the test registries on 127.0.0.1.
 # Then, in one run:
-#   1. warm `agentkernel run --image <busybox> true` (moderate, restrictive)
-#      against `runc run` on equivalent bundles, `podman run --rm` and
-#      `unshare --mount --uts --ipc --net --pid --fork true`, alternating;
-#      then phase timings from `--debug` and `strace -c -f` of one run;
+#   1. warm `agentkernel run --image <busybox> true` (moderate, restrictive, and
+#      moderate with --root on a tmpfs) against `runc run` on equivalent
+#      bundles, `podman run --rm` and `unshare --mount --uts --ipc --net --pid
+#      --fork true`, alternating; then phase timings from `--debug`, off-CPU
+#      time per kernel wait site with `perf` (when it can record
+#      sched:sched_switch) and `strace -c -w -f` of one run;
 #   2. cold pull + unpack of the python and node test images with agentkernel
 #      (fresh --root each run), `podman pull` (after `podman rmi -a -f`) and
 #      `skopeo copy` + `umoci unpack`, alternating;
@@ -26,9 +28,11 @@
 #      1 GiB layer of random bytes, built once with umoci and cached in
 #      ${AGENTKERNEL_BENCH_CACHE:-/var/cache/agentkernel-bench};
 #   4. N `agentkernel run --image <busybox> true` started at once, 3 rounds.
-# The whole run takes about 8-10 minutes on 2 cores. The work directory is
-# under ${TMPDIR:-/var/tmp}; podman's storage and configuration live there too,
-# so the host's podman setup is neither used nor changed.
+# The measurements take about 4 minutes on an idle 2-core VM and twice as long
+# on a busy one; building the 1 GiB image the first time adds about a minute.
+# The work directory is under ${TMPDIR:-/var/tmp}. Podman's storage and
+# configuration live there too, so the host's podman setup is neither used nor
+# changed.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -260,10 +264,10 @@ prepare_runc() {
 	write_runc_bundle restrictive restrictive
 }
 
-# Podman keeps its storage, configuration and temporary files under $work.
-# registries.conf marks the loopback registry as plain HTTP; containers.conf
-# lowers the default ulimits, which an unprivileged-capability VM cannot raise
-# (setrlimit EPERM otherwise), and turns off networking.
+# Writes podman's configuration, which keeps its storage and temporary files
+# under $work. registries.conf marks the loopback registry as plain HTTP.
+# containers.conf turns off networking and lowers the default ulimits, because
+# podman's defaults fail with setrlimit EPERM on a host without CAP_SYS_RESOURCE.
 prepare_podman() {
 	local dir=$work/podman
 	mkdir -p "$dir/tmp"
@@ -368,7 +372,7 @@ measure_warm() {
 		>"$work/warm-spec.json"
 	bench_py time "$work/warm-spec.json" "$results/warm.json"
 
-	log "warm runs: phase timings (--debug) and strace -c -f"
+	log "warm runs: phase timings (--debug)"
 	local _
 	for _ in $(seq 20); do
 		"$agentkernel" --debug --root "$ak_root" run --image "$busybox" true </dev/null 2>&1 |
@@ -382,6 +386,7 @@ measure_warm() {
 	else
 		log "perf cannot record sched:sched_switch here; the off-CPU tables are left out"
 	fi
+	log "warm runs: strace -c -w -f of one run"
 	strace -c -w -f -o "$work/strace.raw" "${moderate[@]}" </dev/null >/dev/null 2>&1 || true
 	# Keep the header, the 15 most expensive calls and the total line.
 	awk 'NR <= 2 || /total$/ { print; next } !/^-/ && ++calls <= 15' \
@@ -397,15 +402,15 @@ measure_pulls() {
 		image=${entry%%:*}
 		reference=${entry#*:}
 		commands+=("$(jq -cn --arg name "ak-pull-$image" \
-			--arg prepare "rm -rf '$work/ak-pull' && mkdir '$work/ak-pull'" \
+			--arg prepare "rm -rf '$work/ak-pull' && mkdir '$work/ak-pull' && sync" \
 			--argjson argv "$(json_array "$agentkernel" --root "$work/ak-pull" pull "$reference")" \
 			'{name: $name, prepare: $prepare, argv: $argv}')")
 		commands+=("$(jq -cn --arg name "podman-pull-$image" \
-			--arg prepare "podman rmi -a -f >/dev/null" \
+			--arg prepare "podman rmi -a -f >/dev/null && sync" \
 			--argjson argv "$(json_array podman pull -q "$reference")" \
 			'{name: $name, prepare: $prepare, argv: $argv}')")
 		commands+=("$(jq -cn --arg name "skopeo-umoci-$image" \
-			--arg prepare "rm -rf '$work/umoci' && mkdir '$work/umoci'" \
+			--arg prepare "rm -rf '$work/umoci' && mkdir '$work/umoci' && sync" \
 			--arg script "skopeo copy -q --src-tls-verify=false 'docker://$reference' 'oci:$work/umoci/oci:image' && umoci unpack --image '$work/umoci/oci:image' '$work/umoci/bundle' >/dev/null" \
 			'{name: $name, prepare: $prepare, argv: ["sh", "-c", $script]}')")
 	done
@@ -447,7 +452,7 @@ measure_big() {
 	layout=$(big_layout)
 	log "pushing the 1 GiB layer image to $reference"
 	skopeo copy -q --dest-tls-verify=false "oci:$layout:big" "docker://$reference"
-	jq -n --arg prepare "rm -rf '$work/ak-big' && mkdir '$work/ak-big'" \
+	jq -n --arg prepare "rm -rf '$work/ak-big' && mkdir '$work/ak-big' && sync" \
 		--argjson argv "$(json_array "$agentkernel" --root "$work/ak-big" pull "$reference")" \
 		'{group: "big", runs: 3, warmups: 1, commands: [
 			{name: "ak-pull-big", prepare: $prepare, argv: $argv}]}' >"$work/big-spec.json"
@@ -464,11 +469,18 @@ measure_parallel() {
 }
 
 write_notes() {
+	local seccomp
+	seccomp=$("$agentkernel" --root "$work/ak-warm" run --image "$busybox" \
+		sh -c 'grep "^Seccomp:" /proc/self/status' </dev/null 2>&1 | tr -s '\t ' ' ') ||
+		seccomp="unknown: the check failed"
 	{
+		echo "- agentkernel's sandbox reports \`${seccomp}\` (0: no seccomp filter, 2: a filter);"
+		echo "  the runc bundle has no seccomp filter."
 		cat <<-'EOF'
 			- agentkernel runs from the image cache in a `--root` under the work directory, pulled
 			  once before the timed runs. Each run mounts an overlay over the cached layers and
-			  removes it afterwards. It uses no seccomp filter (`Seccomp: 0` in the sandbox).
+			  removes it afterwards. `ak-moderate-tmpfs` is the same with the `--root` on a tmpfs
+			  mounted for the benchmark.
 			- runc's bundle is `runc spec`, edited with jq to agentkernel's settings for the same
 			  profile: the same namespaces (pid, mount, ipc, uts, cgroup, plus network for
 			  restrictive), read-only root and a 64 MiB `/tmp` tmpfs for restrictive, memory, CPU
@@ -482,14 +494,15 @@ write_notes() {
 			  seccomp profile and capabilities, `--network none`, `--memory 512m --cpus 1
 			  --pids-limit 1024`, cgroupfs, and storage in the work directory. crun 1.8 rejects the
 			  host's hybrid cgroups, so each podman command runs as `unshare -m --propagation
-			  private sh -c 'umount /sys/fs/cgroup/unified; exec podman ...'`. The row
+			  private sh -c 'umount /sys/fs/cgroup/unified && exec podman ...'`. The row
 			  `podman-wrapper` is that wrapper alone.
 			- `unshare --mount --uts --ipc --net --pid --fork true` is the floor: the namespaces and
 			  one fork and exec, with no cgroups, mounts or image.
 			- Cold pulls: each agentkernel pull gets an empty `--root`, each podman pull follows an
 			  uncounted `podman rmi -a -f`, each skopeo copy + umoci unpack goes to empty
-			  directories. All read from the same registry on 127.0.0.1 and write to the same
-			  filesystem; the registry's blobs are in the page cache after the warm-up rounds.
+			  directories, and an uncounted `sync` precedes each pull. All read from the same
+			  registry on 127.0.0.1 and write to the same filesystem; the registry's blobs are in
+			  the page cache after the warm-up rounds.
 			- Times are wall-clock times of the whole process, from posix_spawn to wait4, in
 			  `bench/bench.py`. CPU is user + system time of the process and its waited-for
 			  children; peak RSS is their largest `ru_maxrss`.
