@@ -2,8 +2,10 @@
 
 mod errors;
 mod images;
+mod prune;
 mod pull;
 mod run;
+mod sandbox_layers;
 
 use std::path::PathBuf;
 
@@ -39,8 +41,13 @@ pub enum Command {
     Run(run::RunArgs),
     /// Pull an image into the cache without running it.
     Pull(pull::PullArgs),
-    /// List cached images.
+    /// List cached images with their sizes and when a sandbox last used them.
     Images(images::ImagesArgs),
+    /// Remove cached images; `prune` then frees their blobs and layers.
+    Rmi(images::RmiArgs),
+    /// Remove the blobs and layers that no cached image and no sandbox uses, and leftovers
+    /// of interrupted pulls.
+    Prune(prune::PruneArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns the process exit code.
@@ -62,6 +69,8 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(&cli.root, args),
         Command::Pull(args) => pull::pull(&cli.root, args).map(|()| 0),
         Command::Images(args) => images::images(&cli.root, args).map(|()| 0),
+        Command::Rmi(args) => images::rmi(&cli.root, args).map(|()| 0),
+        Command::Prune(args) => prune::prune(&cli.root, args).map(|()| 0),
     };
     match result {
         Ok(code) => code,

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use rootfs_cache::{Image, ImageReference, ImageStore};
+use rootfs_cache::{Image, ImageSource, ImageStore};
 
 use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
 use super::pull::{pull_image, registry_config};
+use super::sandbox_layers;
 use crate::config::Config;
 use crate::image_choice::{image_for_command, image_for_runtime};
 use crate::profile::Profile;
@@ -21,7 +22,9 @@ const SANDBOX_HINT: &str =
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Image to run in; by default chosen from the command (python3 → python:3.12-alpine,
-    /// node → node:22-alpine, anything unknown → alpine:3.20).
+    /// node → node:22-alpine, anything unknown → alpine:3.20). Besides registry references,
+    /// oci:DIR[:REF] names an OCI image layout and docker-archive:FILE[:NAME:TAG] a
+    /// `docker save` archive.
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
 
@@ -56,7 +59,7 @@ pub struct RunArgs {
 pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     let config = Config::load(args.config.as_deref())?;
     let image_name = choose_image(&args, &config)?;
-    let reference: ImageReference = image_name
+    let reference: ImageSource = image_name
         .parse()
         .with_context(|| "cannot run: the image reference is invalid")?;
     let profile = args
@@ -66,16 +69,34 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
 
     let store = ImageStore::open(root)
         .with_context(|| format!("cannot open the image cache in {}", root.display()))?;
-    let image = match store.lookup(&reference)? {
+    // No prune may remove the image's layers between the lookup and the layer list below.
+    let run_lock = store.lock_for_run()?;
+    // A local image is resolved on every run, because that is cheap and it may change.
+    let cached = match reference.is_local() {
+        true => None,
+        false => store.lookup(&reference)?,
+    };
+    let image = match cached {
         Some(image) => image,
         None => pull_image(&store, &reference, registry_config(&config))?,
     };
 
     let id = sandbox_id(&config, args.keep);
+    let sandbox_dir = root.join("sandboxes").join(&id);
+    // An existing sandbox of this name makes the run fail below; its list stays as it is.
+    let listed = !sandbox_dir.exists();
+    if listed {
+        sandbox_layers::write(root, &id, &image)?;
+    }
+    drop(run_lock);
+    if let Err(error) = store.mark_used(&image) {
+        eprintln!("agentkernel: warning: cannot record the use of {reference}: {error}");
+    }
+
     let request = SandboxRequest {
         id: id.clone(),
         state_root: root.join("containers"),
-        sandbox_dir: root.join("sandboxes").join(&id),
+        sandbox_dir: sandbox_dir.clone(),
         lower_dirs: image.layer_dirs.iter().rev().cloned().collect(),
         image: run_config(&image),
         command: args.command,
@@ -83,6 +104,11 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         keep: args.keep,
     };
     let result = sandbox::run(request);
+    if listed && (!args.keep || !sandbox_dir.exists()) {
+        if let Err(error) = sandbox_layers::remove(root, &id) {
+            eprintln!("agentkernel: warning: {error:#}");
+        }
+    }
     if args.keep {
         eprintln!("agentkernel: kept sandbox {id}");
     }
