@@ -493,6 +493,8 @@ fn prune_keeps_layers_of_sandboxes() {
     );
     assert!(layer_dir.join("layer.json").is_file());
     std::fs::remove_dir(root.path().join("sandboxes/stray")).unwrap();
+    // Files next to the sandbox directories are not sandboxes.
+    std::fs::write(root.path().join("sandboxes/notes.txt"), "").unwrap();
 
     // Once the kept sandbox is deleted, its layer and its list go.
     std::fs::remove_dir_all(root.path().join("sandboxes").join(&id)).unwrap();

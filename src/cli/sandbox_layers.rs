@@ -108,7 +108,7 @@ pub fn in_use(root: &Path) -> anyhow::Result<(LayersInUse, Vec<String>)> {
         }
     }
     for id in names(&root.join("sandboxes"))? {
-        if !listed.contains(&id) {
+        if !listed.contains(&id) && root.join("sandboxes").join(&id).is_dir() {
             warnings.push(format!(
                 "sandbox {} has no layer list in {}; keeping every layer",
                 root.join("sandboxes").join(&id).display(),
