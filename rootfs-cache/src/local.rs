@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::digest::Digest;
-use crate::image::ImageConfig;
+use crate::image::{Descriptor, ImageConfig, Platform, host_architecture, select_platform};
 use crate::reference::ImageReference;
 use crate::source::ImageSource;
 use files::Files;
@@ -399,6 +399,8 @@ struct LayoutEntry {
     size: u64,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    platform: Option<Platform>,
 }
 
 fn select_layout_entry<'a>(
@@ -417,24 +419,48 @@ fn select_layout_entry<'a>(
             format!("the names are {}", names.join(", "))
         }
     };
-    let found = match selector {
-        Selector::First => entries.first(),
-        Selector::RefName(tag) => entries.iter().find(|entry| {
-            entry
-                .annotations
-                .get(REF_NAME_ANNOTATION)
-                .map(String::as_str)
-                == Some(tag)
-        }),
-        Selector::Reference(reference) => entries.iter().find(|entry| {
-            [IMAGE_NAME_ANNOTATION, REF_NAME_ANNOTATION]
-                .iter()
-                .filter_map(|key| entry.annotations.get(*key))
-                .any(|name| {
-                    name.parse::<ImageReference>()
-                        .is_ok_and(|name| &name == *reference)
-                })
-        }),
+    let candidates: Vec<&LayoutEntry> = match selector {
+        Selector::First => entries.iter().collect(),
+        Selector::RefName(tag) => entries
+            .iter()
+            .filter(|entry| {
+                entry
+                    .annotations
+                    .get(REF_NAME_ANNOTATION)
+                    .map(String::as_str)
+                    == Some(tag)
+            })
+            .collect(),
+        Selector::Reference(reference) => entries
+            .iter()
+            .filter(|entry| {
+                [IMAGE_NAME_ANNOTATION, REF_NAME_ANNOTATION]
+                    .iter()
+                    .filter_map(|key| entry.annotations.get(*key))
+                    .any(|name| {
+                        name.parse::<ImageReference>()
+                            .is_ok_and(|name| &name == *reference)
+                    })
+            })
+            .collect(),
+    };
+    // Some tools list one entry per platform in index.json itself, under the same name or
+    // none, so the host's platform is preferred among the candidates that state one.
+    let described: Vec<Descriptor> = candidates
+        .iter()
+        .map(|entry| Descriptor {
+            media_type: String::new(),
+            digest: entry.digest.clone(),
+            size: entry.size,
+            platform: entry.platform.clone(),
+        })
+        .collect();
+    let found = match select_platform(&described, host_architecture()) {
+        Some(host) => candidates
+            .iter()
+            .find(|entry| entry.digest == host.digest)
+            .copied(),
+        None => candidates.first().copied(),
     };
     found.ok_or_else(|| match selector {
         Selector::First => "index.json lists no manifests".to_owned(),
@@ -614,6 +640,42 @@ mod tests {
         assert!(reason.contains("abc/layer.tar"), "{reason}");
         assert!(reason.contains(&diff_id.to_string()), "{reason}");
         assert!(!store.contains(&layers[0].digest));
+    }
+
+    #[test]
+    fn layout_entries_prefer_the_host_platform() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let mut entries = Vec::new();
+        for architecture in ["other", host_architecture()] {
+            let manifest = format!(r#"{{"schemaVersion":2,"note":"{architecture}"}}"#);
+            let digest = Digest::of(manifest.as_bytes());
+            std::fs::write(blobs.join(digest.encoded()), &manifest).unwrap();
+            entries.push(format!(
+                r#"{{"digest":"{digest}","size":{},"platform":{{"os":"linux","architecture":"{architecture}"}},"annotations":{{"org.opencontainers.image.ref.name":"app"}}}}"#,
+                manifest.len()
+            ));
+        }
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+            entries.join(",")
+        );
+        std::fs::write(dir.path().join("index.json"), index).unwrap();
+
+        for source in [
+            format!("oci:{}", dir.path().display()),
+            format!("oci:{}:app", dir.path().display()),
+        ] {
+            let image = LocalImage::open(&source.parse().unwrap()).unwrap();
+            let root = String::from_utf8(image.root().0.to_vec()).unwrap();
+            assert!(root.contains(host_architecture()), "{source}: {root}");
+        }
     }
 
     #[test]
