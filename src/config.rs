@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::profile::Profile;
+use crate::profile::{NetworkMode, Profile};
 
 /// The parsed file; every section is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -44,12 +44,14 @@ pub struct SandboxSection {
 pub struct SecuritySection {
     /// `permissive`, `moderate` or `restrictive`.
     pub profile: Option<Profile>,
-    /// Whether the sandbox has a network.
-    pub network: Option<bool>,
+    /// `none`, `isolated` or `host`; `false` means `none` and `true` keeps the profile's mode.
+    #[serde(deserialize_with = "network_setting")]
+    pub network: Option<NetworkMode>,
     /// Whether the current directory is mounted at /workspace.
     pub mount_cwd: Option<bool>,
-    /// A seccomp profile name or the path of an OCI seccomp JSON file.
-    pub seccomp: Option<String>,
+    /// Path of an OCI or Docker seccomp JSON file that replaces the built-in filter, relative
+    /// to the config file.
+    pub seccomp: Option<PathBuf>,
 }
 
 /// `[resources]`: limits.
@@ -117,6 +119,11 @@ impl Config {
                 *ca = base.join(&*ca);
             }
         }
+        if let Some(seccomp) = &mut config.security.seccomp {
+            if seccomp.is_relative() {
+                *seccomp = base.join(&*seccomp);
+            }
+        }
         Ok(config)
     }
 
@@ -148,6 +155,30 @@ impl Config {
             );
         }
         Ok(config)
+    }
+}
+
+/// Reads `[security] network`: a mode name, or a boolean for files written before the modes
+/// existed.
+fn network_setting<'de, D>(deserializer: D) -> Result<Option<NetworkMode>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = toml::Value::deserialize(deserializer)?;
+    match &value {
+        toml::Value::Boolean(false) => Ok(Some(NetworkMode::None)),
+        toml::Value::Boolean(true) => Ok(None),
+        toml::Value::String(name) => match name.as_str() {
+            "none" => Ok(Some(NetworkMode::None)),
+            "isolated" => Ok(Some(NetworkMode::Isolated)),
+            "host" => Ok(Some(NetworkMode::Host)),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid security.network = {value}: expected \"none\", \"isolated\" or \"host\""
+            ))),
+        },
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid security.network = {value}: expected \"none\", \"isolated\" or \"host\""
+        ))),
     }
 }
 
@@ -198,7 +229,7 @@ mod tests {
             Some("python:3.12-alpine")
         );
         assert_eq!(config.security.profile, Some(Profile::Restrictive));
-        assert_eq!(config.security.network, Some(false));
+        assert_eq!(config.security.network, Some(NetworkMode::None));
         assert_eq!(config.resources.vcpus, Some(2.0));
         assert_eq!(config.resources.memory_mb, Some(1024));
         assert_eq!(
@@ -225,5 +256,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("resources.vcpus = -1"), "{error}");
+        let error = Config::parse("[security]\nnetwork = \"bridge\"\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("a.toml"), "{error}");
+        assert!(error.contains("security.network = \"bridge\""), "{error}");
+        assert!(error.contains("\"isolated\""), "{error}");
+    }
+
+    #[test]
+    fn network_modes_and_seccomp_path() {
+        let config = Config::parse(
+            "[security]\nnetwork = \"isolated\"\nseccomp = \"profiles/strict.json\"\n",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.security.network, Some(NetworkMode::Isolated));
+        assert_eq!(
+            config.security.seccomp,
+            Some(PathBuf::from("profiles/strict.json"))
+        );
+        let config = Config::parse("[security]\nnetwork = true\n", Path::new("a.toml")).unwrap();
+        assert_eq!(config.security.network, None);
+    }
+
+    #[test]
+    fn seccomp_path_is_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentkernel.toml");
+        std::fs::write(&path, "[security]\nseccomp = \"strict.json\"\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(
+            config.security.seccomp,
+            Some(dir.path().join("strict.json"))
+        );
+    }
+
+    #[test]
+    fn max_layer_mb_is_read_and_checked() {
+        let config =
+            Config::parse("[registry]\nmax_layer_mb = 512\n", Path::new("a.toml")).unwrap();
+        assert_eq!(config.registry.max_layer_mb, Some(512));
+        let error = Config::parse("[registry]\nmax_layer_mb = 0\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("registry.max_layer_mb = 0"), "{error}");
     }
 }

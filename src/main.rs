@@ -5,6 +5,7 @@ mod config;
 mod image_choice;
 mod profile;
 mod sandbox;
+mod seccomp;
 mod spec;
 
 fn main() {

@@ -16,7 +16,7 @@ use libcontainer::oci_spec::runtime::{
 };
 use libcontainer::oci_spec::runtime::{PosixRlimitBuilder, PosixRlimitType};
 
-use crate::profile::{NetworkMode, Profile};
+use crate::profile::{Limits, NetworkMode, Overrides, Profile};
 pub use user::resolve_user;
 
 /// `PATH` for images whose config does not set one; libcontainer's default executor rejects a
@@ -60,6 +60,8 @@ pub struct SpecInput<'a> {
     pub command: &'a [String],
     /// Security profile.
     pub profile: Profile,
+    /// Changes to the profile's defaults.
+    pub overrides: &'a Overrides,
     /// Root filesystem (the mounted overlay); `/etc/passwd` and `/etc/group` are read from it.
     pub rootfs: &'a Path,
     /// Cgroup path relative to each hierarchy root, such as `/agentkernel/<id>`.
@@ -81,16 +83,29 @@ pub struct SpecInput<'a> {
 ///
 /// Every profile gets new pid, mount, ipc, uts and cgroup namespaces, Docker's default
 /// capabilities, `no_new_privileges`, `RLIMIT_NOFILE` 1024, a device cgroup that denies all but
-/// the standard devices, runc's masked and read-only paths and the profile's cgroup limits.
+/// the standard devices, runc's masked and read-only paths, a seccomp filter (see
+/// [`crate::seccomp`]) and the profile's cgroup limits.
 pub fn build_spec(input: &SpecInput) -> anyhow::Result<Spec> {
     let args = command_args(input.image, input.command)?;
     let user = resolve_user(input.rootfs, input.image.user.as_deref())?;
     let workspace = workspace_mounts(input)?;
-    let cwd = if workspace.is_empty() || input.host_cwd.is_none() {
+    let cwd = if let Some(workdir) = &input.overrides.workdir {
+        if !workdir.starts_with('/') {
+            bail!("invalid working directory {workdir:?}: it must be an absolute path");
+        }
+        workdir.clone()
+    } else if workspace.is_empty() || input.host_cwd.is_none() {
         working_dir(input.image)
     } else {
         WORKSPACE_DIR.to_string()
     };
+    let caps = capability_set(input.profile);
+    let seccomp = match &input.overrides.seccomp {
+        Some(path) => crate::seccomp::load_file(path, &caps)?,
+        None => crate::seccomp::default_filter(&caps)?,
+    };
+    let network = input.overrides.network(input.profile);
+    let limits = input.overrides.limits(input.profile);
 
     let process = ProcessBuilder::default()
         .terminal(false)
@@ -104,7 +119,7 @@ pub fn build_spec(input: &SpecInput) -> anyhow::Result<Spec> {
                 .additional_gids(user.additional_gids.clone())
                 .build()?,
         )
-        .capabilities(capabilities(input.profile)?)
+        .capabilities(capabilities(caps)?)
         .rlimits(vec![
             PosixRlimitBuilder::default()
                 .typ(PosixRlimitType::RlimitNofile)
@@ -128,17 +143,24 @@ pub fn build_spec(input: &SpecInput) -> anyhow::Result<Spec> {
         );
     }
     mounts.extend(workspace);
+    for volume in &input.overrides.volumes {
+        mounts.push(bind_mount(
+            &volume.host,
+            &volume.container,
+            volume.read_only,
+        )?);
+    }
 
-    // TODO: no seccomp filter is set, so every syscall that the capabilities allow is open.
     let linux = LinuxBuilder::default()
-        .namespaces(namespaces(input.profile.network())?)
+        .namespaces(namespaces(network)?)
         .cgroups_path(PathBuf::from(&input.cgroups_path))
         .resources(
-            resources(input.profile)
+            resources(&limits)
                 .with_context(|| format!("invalid limits for {:?}", input.profile))?,
         )
         .masked_paths(get_default_maskedpaths())
         .readonly_paths(get_default_readonly_paths())
+        .seccomp(seccomp)
         .build()?;
 
     let mut spec = Spec::default();
@@ -191,7 +213,7 @@ fn process_env(input: &SpecInput, home: Option<&str>) -> Vec<String> {
             None => env.push(entry),
         }
     };
-    for entry in &input.image.env {
+    for entry in input.image.env.iter().chain(&input.overrides.env) {
         set(entry.clone());
     }
     let has =
@@ -216,11 +238,8 @@ fn process_env(input: &SpecInput, home: Option<&str>) -> Vec<String> {
     env
 }
 
-/// Returns Docker's default capability set, without `CAP_NET_RAW` for the restrictive profile,
-/// as bounding, effective and permitted set; the inheritable and ambient sets stay empty.
-fn capabilities(
-    profile: Profile,
-) -> anyhow::Result<libcontainer::oci_spec::runtime::LinuxCapabilities> {
+/// Returns Docker's default capability set, without `CAP_NET_RAW` for the restrictive profile.
+fn capability_set(profile: Profile) -> HashSet<Capability> {
     let mut caps: HashSet<Capability> = [
         Capability::Chown,
         Capability::DacOverride,
@@ -242,6 +261,14 @@ fn capabilities(
     if profile.drops_net_raw() {
         caps.remove(&Capability::NetRaw);
     }
+    caps
+}
+
+/// Returns `caps` as bounding, effective and permitted set; the inheritable and ambient sets
+/// stay empty.
+fn capabilities(
+    caps: HashSet<Capability>,
+) -> anyhow::Result<libcontainer::oci_spec::runtime::LinuxCapabilities> {
     Ok(LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -259,7 +286,7 @@ fn namespaces(network: NetworkMode) -> anyhow::Result<Vec<LinuxNamespace>> {
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
     ];
-    if network == NetworkMode::None {
+    if network.has_namespace() {
         types.push(LinuxNamespaceType::Network);
     }
     types
@@ -268,14 +295,19 @@ fn namespaces(network: NetworkMode) -> anyhow::Result<Vec<LinuxNamespace>> {
         .collect()
 }
 
-fn resources(profile: Profile) -> anyhow::Result<libcontainer::oci_spec::runtime::LinuxResources> {
-    let limits = profile.limits();
+fn resources(limits: &Limits) -> anyhow::Result<libcontainer::oci_spec::runtime::LinuxResources> {
     let mut builder = LinuxResourcesBuilder::default()
         .devices(device_rules()?)
         .pids(LinuxPidsBuilder::default().limit(limits.pids).build()?);
     if let Some(bytes) = limits.memory_bytes {
         let bytes = i64::try_from(bytes).context("memory limit does not fit in i64")?;
-        builder = builder.memory(LinuxMemoryBuilder::default().limit(bytes).build()?);
+        // Swap equal to the limit means no swap, so a process over the limit is OOM-killed.
+        builder = builder.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()?,
+        );
     }
     if let Some(cpus) = limits.cpus {
         let quota = (cpus * CPU_PERIOD_US as f64).round() as i64;
@@ -334,7 +366,7 @@ fn etc_mounts(etc_dir: Option<&Path>) -> anyhow::Result<Vec<Mount>> {
 }
 
 fn workspace_mounts(input: &SpecInput) -> anyhow::Result<Vec<Mount>> {
-    if !input.profile.mounts_workspace() {
+    if !input.overrides.mounts_workspace(input.profile) {
         return Ok(Vec::new());
     }
     let mut mounts = Vec::new();
@@ -365,6 +397,17 @@ fn strings(values: &[&str]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    static NO_OVERRIDES: Overrides = Overrides {
+        network: None,
+        memory_bytes: None,
+        cpus: None,
+        mount_cwd: None,
+        seccomp: None,
+        env: Vec::new(),
+        volumes: Vec::new(),
+        workdir: None,
+    };
+
     fn image() -> ImageRunConfig {
         ImageRunConfig {
             env: vec!["PATH=/opt/bin:/bin".into(), "LANG=C.UTF-8".into()],
@@ -385,6 +428,7 @@ mod tests {
             image,
             command,
             profile,
+            overrides: &NO_OVERRIDES,
             rootfs,
             cgroups_path: "/agentkernel/t1".into(),
             host_cwd: Some(PathBuf::from("/home/someone/project")),
@@ -655,7 +699,75 @@ mod tests {
     }
 
     #[test]
-    fn moderate_profile_shares_host_network() {
+    fn overrides_apply_to_spec() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let image = image();
+        let command = cmd(&["true"]);
+        let overrides = Overrides {
+            network: Some(NetworkMode::Host),
+            memory_bytes: Some(268_435_456),
+            cpus: Some(0.25),
+            env: cmd(&["LANG=en_US.UTF-8", "EXTRA=1"]),
+            volumes: vec!["/srv/data:/data:ro".parse().unwrap()],
+            workdir: Some("/data".into()),
+            ..Overrides::default()
+        };
+        let mut spec_input = input(&image, &command, Profile::Moderate, rootfs.path());
+        spec_input.overrides = &overrides;
+        let spec = build_spec(&spec_input).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.cwd(), Path::new("/data"));
+        let env = env(&spec);
+        assert!(env.contains(&"LANG=en_US.UTF-8".to_string()));
+        assert!(!env.contains(&"LANG=C.UTF-8".to_string()));
+        assert!(env.contains(&"EXTRA=1".to_string()));
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(
+            linux
+                .namespaces()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|namespace| namespace.typ() != LinuxNamespaceType::Network)
+        );
+        let resources = linux.resources().as_ref().unwrap();
+        assert_eq!(
+            resources.memory().as_ref().unwrap().limit(),
+            Some(268_435_456)
+        );
+        assert_eq!(resources.cpu().as_ref().unwrap().quota(), Some(25_000));
+        let data = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|mount| mount.destination() == Path::new("/data"))
+            .unwrap();
+        assert_eq!(data.source().as_deref(), Some(Path::new("/srv/data")));
+        assert!(data.options().as_ref().unwrap().contains(&"ro".to_string()));
+
+        let relative = Overrides {
+            workdir: Some("data".into()),
+            ..Overrides::default()
+        };
+        spec_input.overrides = &relative;
+        let error = build_spec(&spec_input).unwrap_err().to_string();
+        assert!(error.contains("\"data\""), "{error}");
+    }
+
+    #[test]
+    fn seccomp_filter_is_set() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let image = image();
+        let command = cmd(&["true"]);
+        let spec = build_spec(&input(&image, &command, Profile::Moderate, rootfs.path())).unwrap();
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert_eq!(seccomp.default_errno_ret(), Some(1));
+        assert_eq!(seccomp.architectures(), &None);
+    }
+
+    #[test]
+    fn moderate_profile_isolates_network() {
         let rootfs = tempfile::tempdir().unwrap();
         let image = image();
         let command = cmd(&["true"]);
@@ -667,7 +779,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .iter()
-                .all(|namespace| namespace.typ() != LinuxNamespaceType::Network)
+                .any(|namespace| namespace.typ() == LinuxNamespaceType::Network)
         );
         let resources = linux.resources().as_ref().unwrap();
         assert_eq!(

@@ -13,8 +13,9 @@ const LOCALHOST_LINES: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhos
 /// directory.
 ///
 /// With the host network the files copy the host's `/etc/hosts` (plus a line for `hostname`) and
-/// `/etc/resolv.conf`. Without network, `hosts` maps only localhost names, `hostname` included,
-/// to the loopback addresses and `resolv.conf` lists no name server.
+/// `/etc/resolv.conf`. Otherwise `hosts` maps only localhost names, `hostname` included, to the
+/// loopback addresses. Without network `resolv.conf` lists no name server, and with the isolated
+/// network it lists the host's name servers outside 127.0.0.0/8 and `::1`, which NAT reaches.
 pub(super) fn write(
     sandbox_dir: &Path,
     network: NetworkMode,
@@ -22,11 +23,14 @@ pub(super) fn write(
 ) -> anyhow::Result<PathBuf> {
     let dir = sandbox_dir.join("etc");
     std::fs::create_dir(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let local_hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     let (hosts, resolv_conf) = match network {
-        NetworkMode::None => (
-            format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-            "# this sandbox has no network\n".to_string(),
-        ),
+        NetworkMode::None => (local_hosts, "# this sandbox has no network\n".to_string()),
+        NetworkMode::Isolated => {
+            let host = read_host_file("/etc/resolv.conf")?.unwrap_or_default();
+            (local_hosts, super::network::reachable_resolv_conf(&host))
+        }
         NetworkMode::Host => {
             let mut hosts = read_host_file("/etc/hosts")?.unwrap_or(LOCALHOST_LINES.to_string());
             if !hosts.is_empty() && !hosts.ends_with('\n') {
@@ -76,6 +80,22 @@ mod tests {
         );
         let resolv_conf = std::fs::read_to_string(etc.join("resolv.conf")).unwrap();
         assert!(!resolv_conf.contains("nameserver"));
+    }
+
+    #[test]
+    fn isolated_network_keeps_reachable_name_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = write(dir.path(), NetworkMode::Isolated, "agentkernel").unwrap();
+        assert!(
+            std::fs::read_to_string(etc.join("hosts"))
+                .unwrap()
+                .starts_with("127.0.0.1\tlocalhost agentkernel\n")
+        );
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        assert_eq!(
+            std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
+            super::super::network::reachable_resolv_conf(&host)
+        );
     }
 
     #[test]
