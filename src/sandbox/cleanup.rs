@@ -9,7 +9,7 @@ use libcontainer::container::Container;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{overlay, validate_id};
+use super::{network, overlay, validate_id};
 
 /// Root of the cgroup hierarchies; cgroup v1 has one directory per controller below it.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -40,6 +40,9 @@ pub(super) fn release(sandbox_dir: &Path, state_root: &Path, id: &str) -> anyhow
         errors.push(error);
     }
     if let Err(error) = remove_cgroups(id) {
+        errors.push(error);
+    }
+    if let Err(error) = network::remove_isolated(sandbox_dir, id) {
         errors.push(error);
     }
     if let Err(error) = overlay::unmount_all_under(sandbox_dir) {

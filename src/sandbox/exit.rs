@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use anyhow::Context;
 use libcontainer::container::Container;
@@ -29,6 +30,10 @@ pub(super) struct SignalForwarder {
     counters: Vec<(Signal, Arc<AtomicUsize>)>,
     handled: Vec<usize>,
     ids: Vec<SigId>,
+    /// Time at which [`wait_for_exit`] calls `kill_all`, as the second signal does.
+    pub deadline: Option<Instant>,
+    /// Whether the deadline passed and `kill_all` was called.
+    pub timed_out: bool,
 }
 
 impl SignalForwarder {
@@ -42,6 +47,8 @@ impl SignalForwarder {
             counters: Vec::new(),
             handled: Vec::new(),
             ids: Vec::new(),
+            deadline: None,
+            timed_out: false,
         };
         for sig in FORWARDED {
             let counter = Arc::new(AtomicUsize::new(0));
@@ -108,11 +115,28 @@ pub(super) fn wait_for_exit(
             PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(forwarder.wake.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = match forwarder.deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now()).as_millis();
+                PollTimeout::try_from(left.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(errno) => return Err(errno).context("failed to poll the container init"),
         }
         let exited = fds[0].any().unwrap_or(false);
+        if let Some(deadline) = forwarder.deadline {
+            if !exited && Instant::now() >= deadline {
+                tracing::debug!(%pid, "timeout: killing the command");
+                forwarder.deadline = None;
+                forwarder.timed_out = true;
+                container
+                    .kill(Signal::SIGKILL, true)
+                    .with_context(|| format!("failed to kill container {}", container.id()))?;
+            }
+        }
         for sig in forwarder.take_pending() {
             signals_received += 1;
             if signals_received == 1 {
@@ -136,6 +160,25 @@ pub(super) fn wait_for_exit(
         }
     }
     reap(pid)
+}
+
+/// Returns whether the kernel's OOM killer killed a process in the memory cgroup
+/// `/agentkernel/<id>`: the `oom_kill` counter of `memory.oom_control` (cgroup v1) or
+/// `memory.events` (cgroup v2) is above 0.
+pub(super) fn oom_killed(id: &str) -> bool {
+    [
+        format!("/sys/fs/cgroup/memory/agentkernel/{id}/memory.oom_control"),
+        format!("/sys/fs/cgroup/agentkernel/{id}/memory.events"),
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .any(|text| {
+        text.lines().any(|line| {
+            line.strip_prefix("oom_kill ")
+                .and_then(|count| count.trim().parse::<u64>().ok())
+                .is_some_and(|count| count > 0)
+        })
+    })
 }
 
 /// Reaps `pid` and returns its shell exit status.
