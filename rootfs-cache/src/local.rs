@@ -565,9 +565,7 @@ mod tests {
         let config = format!(
             r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{claimed}"]}}}}"#
         );
-        let manifest = format!(
-            r#"[{{"Config":"config.json","RepoTags":["example/hello:1"],"Layers":["abc/layer.tar"]}}]"#
-        );
+        let manifest = r#"[{"Config":"config.json","RepoTags":["example/hello:1"],"Layers":["abc/layer.tar"]}]"#;
         let mut archive = tar::Builder::new(std::fs::File::create(path).unwrap());
         for (name, data) in [
             ("manifest.json", manifest.as_bytes()),
