@@ -298,6 +298,12 @@ fn images_lists_sizes_and_last_use() {
         "last_used {last_used}"
     );
     assert_eq!(entries[0]["pulled_at"], pulled_at);
+
+    // A run within a minute of the recorded use leaves the record alone.
+    std::thread::sleep(Duration::from_millis(1100));
+    let ran = ak(root.path(), &["run", "--image", &reference, "true"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(images_json(root.path())[0]["last_used"], last_used);
     let table = ak(root.path(), &["images"]);
     assert!(
         table.stdout.lines().nth(1).unwrap().ends_with(" ago"),

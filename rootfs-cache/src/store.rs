@@ -36,7 +36,9 @@ use crate::registry::{RegistryConfig, RegistryError};
 use crate::source::ImageSource;
 use crate::unpack::{Compression, UnpackError, UnpackOptions, unpack_layer};
 use fetcher::Fetcher;
-pub use maintenance::{ImageSummary, LayersInUse, PruneLock, PruneReport, RunLock};
+pub use maintenance::{
+    ImageSummary, LAST_USED_RESOLUTION_SECONDS, LayersInUse, PruneLock, PruneReport, RunLock,
+};
 
 /// How many layer blobs are downloaded at the same time.
 const CONCURRENT_DOWNLOADS: usize = 3;
@@ -231,7 +233,8 @@ pub struct ImageRecord {
     pub config_digest: Digest,
     /// Seconds since the Unix epoch when the image was pulled.
     pub pulled_at: u64,
-    /// Seconds since the Unix epoch when a sandbox last used the image; `None` if never.
+    /// Seconds since the Unix epoch when a sandbox last used the image, up to
+    /// [`LAST_USED_RESOLUTION_SECONDS`] early; `None` if never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<u64>,
 }
