@@ -11,7 +11,8 @@ use serde::Serialize;
 pub struct ImagesArgs {
     /// Print a JSON array instead of a table. Each entry has reference, resolved_digest,
     /// manifest_digest, config_digest, blob_bytes, unpacked_bytes, layers, complete,
-    /// pulled_at and last_used (Unix seconds; null if no sandbox used the image yet).
+    /// pulled_at and last_used (Unix seconds; null if no sandbox used the image yet; a run
+    /// rewrites last_used at most once a minute).
     #[arg(long)]
     pub json: bool,
 }
