@@ -74,6 +74,9 @@ pub struct RegistrySection {
     pub insecure: Vec<String>,
     /// PEM CA certificate files trusted for registry TLS, relative to the config file.
     pub ca_files: Vec<PathBuf>,
+    /// Maximum uncompressed size of one image layer in MiB. A pull of a larger layer
+    /// fails, and `None` keeps the default of 16384 (16 GiB).
+    pub max_layer_mb: Option<u64>,
 }
 
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
@@ -90,7 +93,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("resources", &["vcpus", "memory_mb"]),
-    ("registry", &["mirrors", "insecure", "ca_files"]),
+    (
+        "registry",
+        &["mirrors", "insecure", "ca_files", "max_layer_mb"],
+    ),
     ("agent", &["preferred", "compatibility_mode"]),
     ("network", &["vsock_cid"]),
     ("build", &[]),
@@ -147,6 +153,12 @@ impl Config {
                     path.display()
                 );
             }
+        }
+        if config.registry.max_layer_mb == Some(0) {
+            bail!(
+                "{}: invalid registry.max_layer_mb = 0: expected a size in MiB above 0",
+                path.display()
+            );
         }
         if config.resources.memory_mb == Some(0) {
             bail!(

@@ -4,6 +4,7 @@
 use rootfs_cache::StoreError;
 use rootfs_cache::blobs::BlobError;
 use rootfs_cache::registry::RegistryError;
+use rootfs_cache::unpack::UnpackError;
 
 /// The exit code when agentkernel itself fails (as `docker run` uses it).
 pub const EXIT_AGENTKERNEL_FAILED: i32 = 125;
@@ -33,6 +34,11 @@ fn store_hint(error: &StoreError) -> &'static str {
         StoreError::Registry(RegistryError::Request { .. } | RegistryError::Transfer { .. }) => {
             "check the image name and that the registry is reachable, or set [registry] mirrors in agentkernel.toml"
         }
+        // Storing the download failed, which is not the registry's fault.
+        StoreError::Registry(RegistryError::Blob {
+            source: BlobError::Io { .. },
+            ..
+        }) => "check free disk space and permissions of the --root directory",
         StoreError::Registry(RegistryError::Blob { .. })
         | StoreError::Blob(BlobError::SizeMismatch { .. }) => {
             "the registry served content that does not match its digest; retry, or pull from another registry or mirror"
@@ -43,6 +49,16 @@ fn store_hint(error: &StoreError) -> &'static str {
         }
         StoreError::NoMatchingPlatform { .. } => {
             "use an image that is published for this host's architecture"
+        }
+        StoreError::Unpack {
+            source: UnpackError::TooLarge { .. },
+            ..
+        } => "raise [registry] max_layer_mb in agentkernel.toml if the image is trusted",
+        StoreError::Unpack {
+            source: UnpackError::Io { source, .. } | UnpackError::OpenDirectory { source, .. },
+            ..
+        } if source.kind() == std::io::ErrorKind::StorageFull => {
+            "free disk space in the --root directory and pull again"
         }
         StoreError::InvalidDocument { .. }
         | StoreError::Unpack { .. }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rootfs_cache::unpack::UnpackOptions;
 use rootfs_cache::{
     Digest, Image, ImageSource, ImageStore, LayerWork, PullOptions, PullPolicy, PullProgress,
     RegistryConfig,
@@ -41,8 +42,8 @@ pub fn pull(root: &Path, args: PullArgs) -> anyhow::Result<()> {
     let options = PullOptions {
         registry: registry_config(&config),
         policy: PullPolicy::Always,
+        unpack: unpack_options(&config),
         progress,
-        ..Default::default()
     };
     let image = pull_with(&store, &source, &options)?;
     println!("{} {}", image.reference, image.manifest_digest);
@@ -59,12 +60,22 @@ pub fn registry_config(config: &Config) -> RegistryConfig {
     }
 }
 
+/// Returns the unpack limits of a config file.
+pub fn unpack_options(config: &Config) -> UnpackOptions {
+    let mut options = UnpackOptions::default();
+    if let Some(mb) = config.registry.max_layer_mb {
+        options.max_uncompressed_bytes = mb.saturating_mul(1024 * 1024);
+    }
+    options
+}
+
 /// Pulls `source` unless it is cached, with progress bars when stderr is a terminal and no
 /// output otherwise, so that a run's stderr holds only the command's own.
 pub fn pull_image(
     store: &ImageStore,
     source: &ImageSource,
     registry: RegistryConfig,
+    unpack: UnpackOptions,
 ) -> anyhow::Result<Image> {
     let progress: Arc<dyn PullProgress> = if std::io::stderr().is_terminal() {
         Arc::new(BarProgress::new())
@@ -74,8 +85,8 @@ pub fn pull_image(
     let options = PullOptions {
         registry,
         policy: PullPolicy::IfMissing,
+        unpack,
         progress,
-        ..Default::default()
     };
     pull_with(store, source, &options)
 }

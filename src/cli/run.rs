@@ -8,7 +8,7 @@ use clap::Args;
 use rootfs_cache::{Image, ImageSource, ImageStore};
 
 use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
-use super::pull::{pull_image, registry_config};
+use super::pull::{pull_image, registry_config, unpack_options};
 use super::sandbox_layers;
 use crate::config::Config;
 use crate::image_choice::{image_for_command, image_for_runtime};
@@ -78,7 +78,12 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     };
     let image = match cached {
         Some(image) => image,
-        None => pull_image(&store, &reference, registry_config(&config))?,
+        None => pull_image(
+            &store,
+            &reference,
+            registry_config(&config),
+            unpack_options(&config),
+        )?,
     };
 
     let id = sandbox_id(&config, args.keep);
