@@ -205,11 +205,20 @@ impl RegistryClient {
                 Err(error) => result = Err(error),
             }
         }
-        let (bytes, digest) = result.map_err(|source| RegistryError::Request {
-            operation: "fetch manifest",
-            target: reference.to_string(),
-            registry: self.endpoint.clone(),
-            source,
+        let (bytes, digest) = result.map_err(|source| match verification_failure(&source) {
+            // oci-client checked the bytes against the digest requested or the registry's
+            // Docker-Content-Digest: report that as content that does not match its digest.
+            Some((expected, actual)) => RegistryError::Blob {
+                digest: expected.clone(),
+                registry: self.endpoint.clone(),
+                source: BlobError::DigestMismatch { expected, actual },
+            },
+            None => RegistryError::Request {
+                operation: "fetch manifest",
+                target: reference.to_string(),
+                registry: self.endpoint.clone(),
+                source,
+            },
         })?;
         let digest: Digest = digest.parse().map_err(|e| {
             RegistryError::Config(format!(
@@ -266,17 +275,51 @@ impl RegistryClient {
             .map_err(request_error)?;
         let mut writer = store.writer(digest, Some(size)).map_err(blob_error)?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Transfer {
-                digest: digest.clone(),
-                registry: self.endpoint.clone(),
-                received: writer.written(),
-                source,
-            })?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // oci-client reports a digest mismatch as a stream error after the last
+                // chunk. The commit below checks size and digest itself and names both
+                // values, which tells a truncated blob from a wrong one.
+                Err(error) if is_verification_error(&error) => break,
+                Err(source) => {
+                    return Err(RegistryError::Transfer {
+                        digest: digest.clone(),
+                        registry: self.endpoint.clone(),
+                        received: writer.written(),
+                        source,
+                    });
+                }
+            };
             writer.write_chunk(&chunk).map_err(blob_error)?;
             on_bytes(chunk.len() as u64);
         }
         writer.commit().map_err(blob_error)
     }
+}
+
+/// Returns the expected and actual digest of an oci-client digest check that failed.
+fn verification_failure(
+    error: &oci_client::errors::OciDistributionError,
+) -> Option<(Digest, Digest)> {
+    match error {
+        oci_client::errors::OciDistributionError::DigestError(
+            oci_client::errors::DigestError::VerificationError { expected, actual },
+        ) => Some((expected.parse().ok()?, actual.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// Reports whether a blob stream error is oci-client's digest check at the end of the stream.
+fn is_verification_error(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
+        .is_some_and(|inner| {
+            matches!(
+                inner,
+                oci_client::errors::DigestError::VerificationError { .. }
+            )
+        })
 }
 
 fn is_transport_error(error: &oci_client::errors::OciDistributionError) -> bool {
