@@ -541,7 +541,7 @@ fn rule_applies(rule: &serde_json::Value, caps: &HashSet<Capability>) -> bool {
             .unwrap_or_default()
     };
     let held = |name: &String| {
-        name.parse::<Capability>()
+        serde_json::from_value::<Capability>(serde_json::Value::String(name.clone()))
             .is_ok_and(|capability| caps.contains(&capability))
     };
     let arch = docker_arch();

@@ -2,17 +2,18 @@
 //! exit code through and remove the sandbox.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use rootfs_cache::{Image, ImageSource, ImageStore};
 
 use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
-use super::pull::{pull_image, registry_config, unpack_options};
+use super::pull::{pull_image, registry_config};
 use super::sandbox_layers;
 use crate::config::Config;
 use crate::image_choice::{image_for_command, image_for_runtime};
-use crate::profile::Profile;
+use crate::profile::{NetworkMode, Overrides, Profile, Volume, parse_cpus, parse_memory};
 use crate::sandbox::{self, RunError, SandboxRequest};
 use crate::spec::ImageRunConfig;
 
@@ -46,6 +47,40 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Set an environment variable in the sandbox (KEY=VALUE); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<String>,
+
+    /// Bind a host path into the sandbox, read-only with :ro; repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    pub volumes: Vec<Volume>,
+
+    /// Working directory of the command inside the sandbox (absolute).
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+
+    /// Memory limit, such as 256m or 1g [default: the profile's, or [resources] memory_mb].
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+
+    /// CPU limit in CPUs, such as 0.5 [default: the profile's, or [resources] vcpus].
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+
+    /// Network mode: none (loopback only), isolated (outbound NAT, no access to the host) or
+    /// host [default: the profile's, or [security] network].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub network: Option<NetworkMode>,
+
+    /// OCI or Docker seccomp JSON file that replaces the built-in filter [default: [security]
+    /// seccomp, or the built-in filter].
+    #[arg(long, value_name = "FILE")]
+    pub seccomp: Option<PathBuf>,
+
+    /// Kill the sandbox after this many seconds; agentkernel then exits with 124.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
     /// Container runtime; `native` (libcontainer in this process) is the only one.
     #[arg(long, default_value = "native", value_parser = ["native"])]
     pub runtime: String,
@@ -78,12 +113,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     };
     let image = match cached {
         Some(image) => image,
-        None => pull_image(
-            &store,
-            &reference,
-            registry_config(&config),
-            unpack_options(&config),
-        )?,
+        None => pull_image(&store, &reference, registry_config(&config))?,
     };
 
     let id = sandbox_id(&config, args.keep);
@@ -104,6 +134,8 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         sandbox_dir: sandbox_dir.clone(),
         lower_dirs: image.layer_dirs.iter().rev().cloned().collect(),
         image: run_config(&image),
+        overrides: overrides(&args, &config),
+        timeout: args.timeout,
         command: args.command,
         profile,
         keep: args.keep,
@@ -119,7 +151,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     }
     match result {
         Ok(code) => Ok(code),
-        Err(RunError::Exec { code, message }) => {
+        Err(RunError::Exec { code, message } | RunError::Killed { code, message }) => {
             eprintln!("agentkernel: {message}");
             Ok(code)
         }
@@ -127,6 +159,41 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
             let error = error.context(format!("cannot start a sandbox for {reference}"));
             Ok(report(&error, Some(SANDBOX_HINT)).max(EXIT_AGENTKERNEL_FAILED))
         }
+    }
+}
+
+/// Combines the flags and the config file; flags win, and unset values keep the profile's.
+fn overrides(args: &RunArgs, config: &Config) -> Overrides {
+    const MIB: u64 = 1024 * 1024;
+    Overrides {
+        network: args.network.or(config.security.network),
+        memory_bytes: args
+            .memory
+            .or(config.resources.memory_mb.map(|mb| mb.saturating_mul(MIB))),
+        cpus: args.cpus.or(config.resources.vcpus),
+        mount_cwd: config.security.mount_cwd,
+        seccomp: args.seccomp.clone().or(config.security.seccomp.clone()),
+        env: args.env.clone(),
+        volumes: args.volumes.clone(),
+        workdir: args.workdir.clone(),
+    }
+}
+
+fn parse_env(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some((key, _)) if !key.is_empty() => Ok(text.to_string()),
+        _ => Err(format!(
+            "invalid environment entry {text:?}: expected KEY=VALUE"
+        )),
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds.is_finite() => Ok(Duration::from_secs_f64(seconds)),
+        _ => Err(format!(
+            "invalid timeout {text:?}: expected a number of seconds above 0"
+        )),
     }
 }
 

@@ -118,7 +118,9 @@ pub(super) fn wait_for_exit(
         let timeout = match forwarder.deadline {
             None => PollTimeout::NONE,
             Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now()).as_millis();
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis();
                 PollTimeout::try_from(left.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
             }
         };

@@ -1,7 +1,7 @@
 //! Creating, starting, waiting for and deleting the container with libcontainer.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use libcontainer::container::Container;
@@ -28,6 +28,10 @@ pub(super) struct LaunchRequest<'a> {
     /// The spec saved in `config.json`.
     pub spec: &'a Spec,
     pub network: NetworkMode,
+    /// Time after which the command is killed; the run then fails with [`RunError::Killed`].
+    pub timeout: Option<Duration>,
+    /// Memory limit in bytes, named in the message when the command is OOM-killed.
+    pub memory_limit: Option<u64>,
 }
 
 /// Creates the container, starts it, waits for it and deletes it.
@@ -68,8 +72,14 @@ pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOut
         .with_context(|| format!("container {} has no init pid after build", request.id))?;
 
     let capture = pending_capture.start()?;
-    let result = start_and_wait(&mut container, pid, request.network, &mut timings);
-    let status = match result {
+    let result = start_and_wait(
+        &mut container,
+        pid,
+        request.network,
+        request.timeout,
+        &mut timings,
+    );
+    let (status, timed_out) = match result {
         Ok(status) => status,
         Err(error) => {
             kill_and_reap(&mut container, pid);
@@ -78,6 +88,7 @@ pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOut
         }
     };
     let (stdout, stderr) = capture.finish()?;
+    let out_of_memory = status == 137 && exit::oom_killed(request.id);
 
     let delete_started = Instant::now();
     if let Err(error) = container.delete(true) {
@@ -87,6 +98,25 @@ pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOut
         }
     }
     timings.delete = delete_started.elapsed();
+    if let (true, Some(timeout)) = (timed_out, request.timeout) {
+        return Err(RunError::Killed {
+            code: 124,
+            message: format!(
+                "timed out after {} s: the sandbox was killed",
+                timeout.as_secs_f64()
+            ),
+        });
+    }
+    if out_of_memory {
+        let limit = match request.memory_limit {
+            Some(bytes) => format!("limit {} MiB", bytes / (1024 * 1024)),
+            None => "no sandbox limit".to_string(),
+        };
+        return Err(RunError::Killed {
+            code: 137,
+            message: format!("out of memory ({limit})"),
+        });
+    }
     Ok(RunOutcome {
         status,
         stdout,
@@ -95,26 +125,28 @@ pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOut
     })
 }
 
+/// Starts the container and waits for its init; returns the exit status and whether the timeout
+/// killed it.
 fn start_and_wait(
     container: &mut Container,
     pid: Pid,
     network: NetworkMode,
+    timeout: Option<Duration>,
     timings: &mut Timings,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<(i32, bool)> {
     let start_started = Instant::now();
-    if network == NetworkMode::None {
-        network::bring_up_loopback(pid)?;
-    }
+    network::set_up(network, pid, container)?;
     let mut forwarder = SignalForwarder::install()?;
     container
         .start()
         .map_err(|error| anyhow::Error::new(error).context("failed to start the container"))?;
     timings.start = start_started.elapsed();
+    forwarder.deadline = timeout.map(|timeout| Instant::now() + timeout);
 
     let wait_started = Instant::now();
     let status = exit::wait_for_exit(container, pid, &mut forwarder)?;
     timings.wait = wait_started.elapsed();
-    Ok(status)
+    Ok((status, forwarder.timed_out))
 }
 
 /// Kills every process of the container and reaps its init, which is a child of this process.

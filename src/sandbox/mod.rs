@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::profile::Profile;
+use crate::profile::{Overrides, Profile};
 use crate::spec::{ImageRunConfig, SpecInput, build_spec};
 pub use cleanup::remove;
 pub(crate) use stdio::StdioMode;
@@ -55,6 +55,11 @@ pub struct SandboxRequest {
     pub command: Vec<String>,
     /// Security profile.
     pub profile: Profile,
+    /// Changes to the profile's defaults.
+    pub overrides: Overrides,
+    /// Time after which every process of the sandbox is killed; the run then fails with
+    /// [`RunError::Killed`].
+    pub timeout: Option<Duration>,
     /// Keep `sandbox_dir` (with the upper layer) after the run instead of removing it.
     pub keep: bool,
 }
@@ -70,6 +75,14 @@ pub enum RunError {
         /// One-line message that names the command.
         message: String,
     },
+    /// The sandbox was killed because it ran out of memory or time; `code` is 137 or 124, as
+    /// with `timeout`.
+    Killed {
+        /// Exit status to report.
+        code: i32,
+        /// One-line message that names the limit.
+        message: String,
+    },
     /// Setting up, running or removing the sandbox failed.
     Sandbox(anyhow::Error),
 }
@@ -77,7 +90,9 @@ pub enum RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::Exec { message, .. } => formatter.write_str(message),
+            RunError::Exec { message, .. } | RunError::Killed { message, .. } => {
+                formatter.write_str(message)
+            }
             RunError::Sandbox(error) => write!(formatter, "{error:#}"),
         }
     }
@@ -190,7 +205,8 @@ fn prepare_and_launch(request: &SandboxRequest, stdio: StdioMode) -> Result<RunO
     let prepare_started = Instant::now();
     let sandbox_dir = create_sandbox_dir(&request.sandbox_dir)?;
     let rootfs = overlay::mount(&sandbox_dir, &request.lower_dirs)?;
-    let etc_dir = etc_files::write(&sandbox_dir, request.profile.network(), HOSTNAME)?;
+    let network = request.overrides.network(request.profile);
+    let etc_dir = etc_files::write(&sandbox_dir, network, HOSTNAME)?;
 
     let host_cwd = std::env::current_dir().ok();
     let host_home = std::env::var_os("HOME").map(PathBuf::from);
@@ -198,6 +214,7 @@ fn prepare_and_launch(request: &SandboxRequest, stdio: StdioMode) -> Result<RunO
         image: &request.image,
         command: &request.command,
         profile: request.profile,
+        overrides: &request.overrides,
         rootfs: &rootfs,
         cgroups_path: format!("/agentkernel/{}", request.id),
         host_cwd,
@@ -220,7 +237,9 @@ fn prepare_and_launch(request: &SandboxRequest, stdio: StdioMode) -> Result<RunO
             state_root: &request.state_root,
             bundle: &sandbox_dir,
             spec: &spec,
-            network: request.profile.network(),
+            network,
+            timeout: request.timeout,
+            memory_limit: request.overrides.limits(request.profile).memory_bytes,
         },
         stdio,
     )?;

@@ -153,10 +153,7 @@ fn subnet(index: u32) -> ([u8; 4], [u8; 4]) {
 /// routes and the host's NAT and firewall rules. It records them in `sandbox_dir` first, so a
 /// cleanup after a failure here removes what was created.
 pub(super) fn setup_isolated(sandbox_dir: &Path, id: &str, pid: Pid) -> anyhow::Result<()> {
-    let lock = File::create(LOCK_FILE).with_context(|| format!("failed to open {LOCK_FILE}"))?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| errno)
-        .with_context(|| format!("failed to lock {LOCK_FILE}"))?;
+    let _lock = lock()?;
 
     let host_interface = host_interface(id);
     let used = command_output(Command::new("ip").args(["-o", "-4", "addr", "show"]))?;
@@ -237,6 +234,12 @@ pub(super) fn remove_isolated(sandbox_dir: &Path, id: &str) -> anyhow::Result<()
     if !marker.exists() {
         return Ok(());
     }
+    // The run itself and a concurrent `remove` may both get here; the second one finds no
+    // marker once it has the lock.
+    let _lock = lock()?;
+    if !marker.exists() {
+        return Ok(());
+    }
     let host_interface = host_interface(id);
     let comment = format!("agentkernel:{id}");
     let saved = command_output(&mut Command::new("iptables-save"))?;
@@ -272,6 +275,14 @@ pub(super) fn remove_isolated(sandbox_dir: &Path, id: &str) -> anyhow::Result<()
         }
     }
     std::fs::remove_file(&marker).with_context(|| format!("failed to remove {}", marker.display()))
+}
+
+/// Takes the lock that serializes changes to the sandbox networks.
+fn lock() -> anyhow::Result<nix::fcntl::Flock<File>> {
+    let file = File::create(LOCK_FILE).with_context(|| format!("failed to open {LOCK_FILE}"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .with_context(|| format!("failed to lock {LOCK_FILE}"))
 }
 
 fn write_sysctl(path: &str, value: &str) -> anyhow::Result<()> {

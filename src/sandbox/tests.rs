@@ -227,12 +227,12 @@ fn restrictive_network_has_only_lo_up() {
 }
 
 #[test]
-fn moderate_shares_host_network() {
+fn permissive_shares_host_network() {
     if !require_root() {
         return;
     }
     let env = TestEnv::new();
-    let (status, stdout, _) = run_text(env.request(&["ls", "/sys/class/net"], Profile::Moderate));
+    let (status, stdout, _) = run_text(env.request(&["ls", "/sys/class/net"], Profile::Permissive));
     assert_eq!(status, 0);
     let mut host: Vec<String> = std::fs::read_dir("/sys/class/net")
         .unwrap()
@@ -359,11 +359,71 @@ fn memory_limit_kills_with_oom() {
     }
     let env = TestEnv::new();
     // 400 MiB in one shell variable exceeds the restrictive profile's 256 MiB.
-    let (status, _, _) = run_text(env.request(
+    let result = run_captured(env.request(
         &sh("x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x}"),
         Profile::Restrictive,
     ));
-    assert_eq!(status, 137);
+    match result {
+        Err(RunError::Killed { code, message }) => {
+            assert_eq!(code, 137);
+            assert_eq!(message, "out of memory (limit 256 MiB)");
+        }
+        other => panic!("expected an OOM kill, got {other:?}"),
+    }
+}
+
+#[test]
+fn moderate_network_is_isolated() {
+    if !require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let (status, stdout, stderr) = run_text(env.request(
+        &sh("ls /sys/class/net; ip route | awk '/default/ {print $3}'"),
+        Profile::Moderate,
+    ));
+    assert_eq!(status, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["eth0", "lo"]);
+    assert!(lines[2].starts_with("10.200."), "{stdout}");
+}
+
+#[test]
+fn seccomp_denies_namespace_clone() {
+    if !require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    // busybox's unshare calls unshare(2); a user namespace needs no capability, so only the
+    // filter rejects it. The pipeline forks, which the clone rule must allow.
+    let (status, stdout, stderr) = run_text(env.request(
+        &sh("echo forked | cat; unshare -U true; echo $?; grep Seccomp: /proc/self/status"),
+        Profile::Moderate,
+    ));
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, "forked\n1\nSeccomp:\t2\n");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+}
+
+#[test]
+fn timeout_kills_sandbox() {
+    if !require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut request = env.request(&["sleep", "30"], Profile::Moderate);
+    request.timeout = Some(Duration::from_millis(500));
+    let started = Instant::now();
+    let result = run_captured(request.clone());
+    match result {
+        Err(RunError::Killed { code, message }) => {
+            assert_eq!(code, 124);
+            assert_eq!(message, "timed out after 0.5 s: the sandbox was killed");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_removed(&env, &request);
 }
 
 #[test]
@@ -564,19 +624,17 @@ fn remove_kills_running_sandbox() {
         return;
     }
     let env = TestEnv::new();
-    let request = env.request(&["sleep", "30"], Profile::Moderate);
+    let request = env.request(&["sleep", "4244"], Profile::Moderate);
     let runner = {
         let request = request.clone();
         std::thread::spawn(move || run_text(request))
     };
-    let procs = Path::new("/sys/fs/cgroup/pids/agentkernel")
-        .join(&request.id)
-        .join("cgroup.procs");
+    // The command runs only after the network setup, so the wait is for the command itself.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&procs)
-        .unwrap_or_default()
-        .is_empty()
-    {
+    while !std::fs::read_dir("/proc").unwrap().any(|entry| {
+        std::fs::read(entry.unwrap().path().join("cmdline")).unwrap_or_default()
+            == b"sleep\x004244\x00"
+    }) {
         assert!(Instant::now() < deadline, "container did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -778,6 +836,8 @@ fn remove_cleans_after_killed_process() {
             image: Default::default(),
             command: ["sleep", "4243"].map(String::from).to_vec(),
             profile: Profile::Moderate,
+            overrides: Default::default(),
+            timeout: None,
             keep: false,
         };
         run_text(request);
@@ -800,28 +860,21 @@ fn remove_cleans_after_killed_process() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let procs = Path::new("/sys/fs/cgroup/pids/agentkernel")
-        .join(&request.id)
-        .join("cgroup.procs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&procs)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "victim sandbox did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    victim.kill().unwrap();
-    victim.wait().unwrap();
-
     let sleep_running = || {
         std::fs::read_dir("/proc").unwrap().any(|entry| {
             let cmdline = std::fs::read(entry.unwrap().path().join("cmdline")).unwrap_or_default();
             cmdline == b"sleep\x004243\x00"
         })
     };
+    // The command runs only after the network setup, so the wait is for the command itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sleep_running() {
+        assert!(Instant::now() < deadline, "victim sandbox did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+
     assert!(sleep_running(), "the container should outlive its parent");
     assert!(env.state_root().join(&request.id).exists());
     assert!(!sandbox_cgroups(&request.id).unwrap().is_empty());

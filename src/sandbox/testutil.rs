@@ -81,6 +81,8 @@ impl TestEnv {
             image: ImageRunConfig::default(),
             command: command.iter().map(|arg| arg.to_string()).collect(),
             profile,
+            overrides: Default::default(),
+            timeout: None,
             keep: false,
         }
     }
