@@ -168,7 +168,8 @@ fn lstat_at(dir: &OwnedFd, name: &[u8]) -> rustix::io::Result<Option<Stat>> {
     }
 }
 
-fn is_opaque(dir: &OwnedFd) -> rustix::io::Result<bool> {
+/// Reports whether the directory `dir` is marked opaque.
+pub(super) fn is_opaque(dir: impl AsFd) -> rustix::io::Result<bool> {
     let mut value = [0u8; 8];
     match rustix::fs::fgetxattr(dir, "trusted.overlay.opaque", &mut value[..]) {
         Ok(len) => Ok(&value[..len] == b"y"),

@@ -351,6 +351,14 @@ impl Tree {
     }
 
     /// Replaces `parent/name` with an overlayfs whiteout (character device 0/0).
+    ///
+    /// A whiteout below a path that has no directory in this layer or its parent layers
+    /// does nothing. umoci 0.4.7 writes such whiteouts when a directory becomes a file or
+    /// a symlink: `d` as the new object, then `d/.wh.child` for each child of the old
+    /// directory.
+    // TODO: a whiteout for a name that no parent layer has is still created. In a
+    // directory that only this layer has, overlayfs lists it in readdir without being
+    // able to stat it.
     pub fn create_whiteout(
         &mut self,
         parent: &[Vec<u8>],
@@ -358,7 +366,9 @@ impl Tree {
         metadata: &Metadata,
         path: &str,
     ) -> Result<(), UnpackError> {
-        let dir = self.ensure_dir(parent, path)?;
+        let Some(dir) = self.ensure_whiteout_dir(parent, path)? else {
+            return Ok(());
+        };
         Self::clear_slot(dir.as_fd(), name, false, path)?;
         rustix::fs::mknodat(&dir, name, FileType::CharacterDevice, Mode::empty(), 0)
             .map_err(io_error(path, "create whiteout"))?;

@@ -46,6 +46,8 @@ impl Tree {
                     ),
                 ));
             };
+            // TODO: other names of the target's inode in the parent layers are not copied
+            // up, so they no longer share an inode with the target and this link.
             self.copy_up(target_parent, target_name, &lower, path)?;
             found = self.find_in_layer(target_parent, target_name, path)?;
         }
