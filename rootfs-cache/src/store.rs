@@ -23,6 +23,7 @@ mod fetcher;
 mod maintenance;
 
 use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -260,6 +261,11 @@ impl ImageStore {
             let path = root.join(sub);
             fs::create_dir_all(&path).map_err(io_error("create directory", &path))?;
         }
+        // Unpacked layers keep the images' setuid-root files and file capabilities, so
+        // only root may reach them: another host user could run them otherwise.
+        let layers = root.join("layers");
+        fs::set_permissions(&layers, fs::Permissions::from_mode(0o700))
+            .map_err(io_error("set mode 0700 on", &layers))?;
         let blobs = BlobStore::open(&root.join("blobs"))?;
         Ok(ImageStore {
             root: root.to_owned(),
