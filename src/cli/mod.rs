@@ -5,6 +5,7 @@ mod images;
 mod prune;
 mod pull;
 mod run;
+mod sandboxes;
 mod sandbox_layers;
 
 use std::path::PathBuf;
@@ -35,10 +36,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+// The command line is parsed once, so the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a new sandbox and remove the sandbox afterwards.
     Run(run::RunArgs),
+    /// Run a command in a sandbox kept with `run --keep`.
+    Exec(sandboxes::ExecArgs),
+    /// List the sandboxes with their image, profile, status and creation time.
+    #[command(alias = "ls")]
+    List(sandboxes::ListArgs),
+    /// Stop and remove sandboxes.
+    Rm(sandboxes::RmArgs),
     /// Pull an image into the cache without running it.
     Pull(pull::PullArgs),
     /// List cached images with their sizes and when a sandbox last used them.
@@ -67,6 +77,9 @@ pub fn main() -> i32 {
     init_logging(cli.debug);
     let result = match cli.command {
         Command::Run(args) => run::run(&cli.root, args),
+        Command::Exec(args) => sandboxes::exec(&cli.root, args),
+        Command::List(args) => sandboxes::list(&cli.root, args).map(|()| 0),
+        Command::Rm(args) => sandboxes::rm(&cli.root, args).map(|()| 0),
         Command::Pull(args) => pull::pull(&cli.root, args).map(|()| 0),
         Command::Images(args) => images::images(&cli.root, args).map(|()| 0),
         Command::Rmi(args) => images::rmi(&cli.root, args).map(|()| 0),

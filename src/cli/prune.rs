@@ -13,6 +13,7 @@ use super::sandbox_layers;
 pub struct PruneArgs {}
 
 pub fn prune(root: &Path, _args: PruneArgs) -> anyhow::Result<()> {
+    super::sandboxes::collect_orphans(root);
     let store = ImageStore::open(root)
         .with_context(|| format!("cannot open the image cache in {}", root.display()))?;
     // Waits for pulls, and for runs that have not yet recorded their layers.

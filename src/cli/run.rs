@@ -9,7 +9,7 @@ use clap::Args;
 use rootfs_cache::{Image, ImageSource, ImageStore};
 
 use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
-use super::pull::{pull_image, registry_config};
+use super::pull::{pull_image, registry_config, unpack_options};
 use super::sandbox_layers;
 use crate::config::Config;
 use crate::image_choice::{image_for_command, image_for_runtime};
@@ -33,14 +33,31 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub profile: Option<Profile>,
 
-    /// Keep the sandbox's writable layer after the command exits and print its name.
+    /// Keep the sandbox running after the command exits and print its name; `exec` runs
+    /// more commands in it and `rm` removes it.
     #[arg(long)]
     pub keep: bool,
+
+    /// Sandbox name: 1 to 63 letters, digits, '-' and '_' [default: run-<8 hex digits>].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Pass stdin to the command even when it is a terminal; -i=false gives it /dev/null
+    /// [default: pass pipes and files, or a terminal together with --tty].
+    #[arg(short = 'i', long, num_args = 0..=1, default_missing_value = "true",
+          require_equals = true, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub interactive: Option<bool>,
+
+    /// Give the command a pseudo-terminal; -t=false refuses one [default: when stdin and
+    /// stdout are terminals].
+    #[arg(short = 't', long, num_args = 0..=1, default_missing_value = "true",
+          require_equals = true, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub tty: Option<bool>,
 
     /// Use the fast start path (on by default). Every run starts a new container on a
     /// fresh writable layer over the cached image, so this flag changes nothing yet.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
-          value_name = "BOOL", action = clap::ArgAction::Set)]
+          require_equals = true, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub fast: bool,
 
     /// Project configuration file [default: ./agentkernel.toml if it exists].
@@ -93,6 +110,15 @@ pub struct RunArgs {
 /// Runs the command and returns its exit code (or 125 when agentkernel fails).
 pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     let config = Config::load(args.config.as_deref())?;
+    super::sandboxes::collect_orphans(root);
+    let id = sandbox_id(&args, &config)?;
+    let sandbox_dir = root.join("sandboxes").join(&id);
+    if sandbox_dir.exists() {
+        anyhow::bail!(
+            "sandbox name {id} is already in use: choose another --name or `agentkernel rm {id}`"
+        );
+    }
+    let tty = super::sandboxes::use_tty(args.tty, args.interactive)?;
     let image_name = choose_image(&args, &config)?;
     let reference: ImageSource = image_name
         .parse()
@@ -113,11 +139,14 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     };
     let image = match cached {
         Some(image) => image,
-        None => pull_image(&store, &reference, registry_config(&config))?,
+        None => pull_image(
+            &store,
+            &reference,
+            registry_config(&config),
+            unpack_options(&config),
+        )?,
     };
 
-    let id = sandbox_id(&config, args.keep);
-    let sandbox_dir = root.join("sandboxes").join(&id);
     // An existing sandbox of this name makes the run fail below; its list stays as it is.
     let listed = !sandbox_dir.exists();
     if listed {
@@ -138,7 +167,10 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         timeout: args.timeout,
         command: args.command,
         profile,
+        image_name: image_name.clone(),
         keep: args.keep,
+        tty,
+        interactive: args.interactive,
     };
     let result = sandbox::run(request);
     if listed && (!args.keep || !sandbox_dir.exists()) {
@@ -146,7 +178,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
             eprintln!("agentkernel: warning: {error:#}");
         }
     }
-    if args.keep {
+    if args.keep && result.is_ok() && sandbox_dir.exists() {
         eprintln!("agentkernel: kept sandbox {id}");
     }
     match result {
@@ -215,11 +247,15 @@ fn choose_image(args: &RunArgs, config: &Config) -> anyhow::Result<String> {
     Ok(image_for_command(&args.command[0]).to_owned())
 }
 
-fn sandbox_id(config: &Config, keep: bool) -> String {
-    match (&config.sandbox.name, keep) {
-        (Some(name), true) => name.clone(),
-        _ => format!("run-{:08x}", rand::random::<u32>()),
-    }
+/// `--name`, else the config's `[sandbox] name` for a kept sandbox, else a new `run-` name.
+fn sandbox_id(args: &RunArgs, config: &Config) -> anyhow::Result<String> {
+    let name = match (&args.name, &config.sandbox.name, args.keep) {
+        (Some(name), _, _) => name.clone(),
+        (None, Some(name), true) => name.clone(),
+        _ => return Ok(sandbox::generate_name()),
+    };
+    sandbox::validate_name(&name)?;
+    Ok(name)
 }
 
 fn run_config(image: &Image) -> ImageRunConfig {

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{
     Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
@@ -17,22 +17,44 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-/// Forks the command and supervises it as the sandbox's PID 1 (see [`supervise`]). The command
-/// runs with `execve`, the spec's environment, default signal actions and an empty signal mask.
-/// Validation is [`DefaultExecutor`]'s.
+/// The workload of a container process, run by libcontainer after the namespaces, mounts,
+/// capabilities and (for an init) the seccomp filter are set up.
 ///
-/// It never touches the init process's own environment. libcontainer's default `setup_envs`
+/// None of the roles touch the process's own environment. libcontainer's default `setup_envs`
 /// calls `std::env::remove_var`, which takes the standard library's environment lock. If another
-/// thread of the parent held that lock when init was cloned, init would wait for it forever. For
-/// the same reason errors go to stderr with a raw `write`, not through `std::io::stderr()`.
+/// thread of the parent held that lock when the process was cloned, it would wait for it
+/// forever. For the same reason errors go to stderr with a raw `write`, not through
+/// `std::io::stderr()`.
 ///
-/// Init inherits the caller's ignored signals (Rust ignores SIGPIPE) and signal mask, and
-/// `execve` keeps both, hence the reset in the command's process.
+/// Every role first closes the file descriptors above 2. The process inherits them from the
+/// `agentkernel` process, marked close-on-exec, but an init never calls `execve`. Without the
+/// close, an init would keep the sandbox lock of its `agentkernel` process (see
+/// `lifecycle::SandboxLock`) after that process was killed.
+///
+/// The process inherits the caller's ignored signals (Rust ignores SIGPIPE) and signal mask,
+/// and `execve` keeps both, hence the reset before every `execve`.
 #[derive(Clone)]
-pub(super) struct SandboxExecutor;
+pub(super) enum SandboxExecutor {
+    /// The sandbox init: it forks the command and supervises it as PID 1 (see [`supervise`]).
+    /// The command runs with `execve`, the spec's environment, default signal actions and an
+    /// empty signal mask. Validation is [`DefaultExecutor`]'s.
+    Command,
+    /// The init of a kept sandbox: it runs no command, only reaps orphans, and stays until it is
+    /// killed. Commands join the sandbox as [`SandboxExecutor::Tenant`] processes.
+    KeepAlive,
+    /// A process that joins a running sandbox (`agentkernel exec`). It installs `seccomp`, the
+    /// sandbox's filter, and then calls `execve` itself: libcontainer applies the filter only to
+    /// an init, because its tenant spec carries no `linux.seccomp`.
+    Tenant { seccomp: Option<LinuxSeccomp> },
+}
 
 impl Executor for SandboxExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        close_inherited_fds();
+        if let SandboxExecutor::KeepAlive = self {
+            set_signal_mask(!0);
+            reap_forever();
+        }
         let process = spec.process().as_ref().ok_or(ExecutorError::InvalidArg)?;
         let args = to_cstrings(process.args().as_deref().unwrap_or_default())?;
         let env = to_cstrings(process.env().as_deref().unwrap_or_default())?;
@@ -44,10 +66,22 @@ impl Executor for SandboxExecutor {
         let argv = null_terminated(&args);
         let envp = null_terminated(&env);
 
+        if let SandboxExecutor::Tenant { seccomp } = self {
+            if let Some(seccomp) = seccomp {
+                libcontainer::seccomp::initialize_seccomp(seccomp).map_err(|error| {
+                    ExecutorError::Other(format!("failed to install the seccomp filter: {error}"))
+                })?;
+            }
+            exec_command(&path, &argv, &envp, command);
+        }
+
         // Blocking everything before the fork means no signal is lost before `supervise` waits.
         set_signal_mask(!0);
         match fork_without_atfork() {
-            Ok(None) => exec_command(&path, &argv, &envp, command),
+            Ok(None) => {
+                take_terminal_foreground();
+                exec_command(&path, &argv, &envp, command)
+            }
             Ok(Some(child)) => supervise(child),
             Err(errno) => {
                 set_signal_mask(0);
@@ -60,12 +94,51 @@ impl Executor for SandboxExecutor {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
+        match self {
+            SandboxExecutor::KeepAlive => Ok(()),
+            _ => DefaultExecutor {}.validate(spec),
+        }
     }
 
     fn setup_envs(&self, _envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
         // `exec` passes the spec's environment to execve; the spec always contains HOME.
         Ok(())
+    }
+}
+
+/// Closes every file descriptor above 2 with `close_range`.
+fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors of this process; the executor uses none of
+    // them afterwards.
+    unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
+/// Makes the calling process the leader of a new process group and, when stdin is a terminal,
+/// that terminal's foreground group. Ctrl-C then sends SIGINT to the command alone, and not
+/// also to the init, which would forward it a second time. Allocates nothing.
+fn take_terminal_foreground() {
+    // SAFETY: isatty, setpgid, getpid and tcsetpgrp take plain integers. SIGTTOU, which
+    // tcsetpgrp raises in a background group, is blocked at this point.
+    unsafe {
+        if nix::libc::isatty(0) == 1 {
+            nix::libc::setpgid(0, 0);
+            nix::libc::tcsetpgrp(0, nix::libc::getpid());
+        }
+    }
+}
+
+/// Reaps every child that exits, forever; the kept sandbox's init runs only this.
+fn reap_forever() -> ! {
+    let all = SigSet::all();
+    loop {
+        if all.wait() != Ok(Signal::SIGCHLD) {
+            continue;
+        }
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use libcontainer::container::Container;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
@@ -98,15 +97,15 @@ impl Drop for SignalForwarder {
     }
 }
 
-/// Waits until the container init `pid` exits and returns its status mapped like a shell: the
-/// exit code, or 128 + N after signal N.
+/// Waits until `pid`, a child of this process, exits and returns its status mapped like a shell:
+/// the exit code, or 128 + N after signal N.
 ///
-/// The first forwarded signal is sent to init, which passes it on to the command. A second
-/// signal kills every process of the container with SIGKILL.
+/// The first forwarded signal is sent to `pid`; a container init passes it on to the command.
+/// A second signal calls `kill_all`.
 pub(super) fn wait_for_exit(
-    container: &mut Container,
     pid: Pid,
     forwarder: &mut SignalForwarder,
+    kill_all: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<i32> {
     let pidfd = pidfd_open(pid)?;
     let mut signals_received = 0;
@@ -134,9 +133,7 @@ pub(super) fn wait_for_exit(
                 tracing::debug!(%pid, "timeout: killing the command");
                 forwarder.deadline = None;
                 forwarder.timed_out = true;
-                container
-                    .kill(Signal::SIGKILL, true)
-                    .with_context(|| format!("failed to kill container {}", container.id()))?;
+                kill_all()?;
             }
         }
         for sig in forwarder.take_pending() {
@@ -151,10 +148,8 @@ pub(super) fn wait_for_exit(
                     }
                 }
             } else {
-                tracing::debug!(%pid, %sig, "second signal: killing the container");
-                container
-                    .kill(Signal::SIGKILL, true)
-                    .with_context(|| format!("failed to kill container {}", container.id()))?;
+                tracing::debug!(%pid, %sig, "second signal: killing the command");
+                kill_all()?;
             }
         }
         if exited {

@@ -1,21 +1,23 @@
 //! Creating, starting, waiting for and deleting the container with libcontainer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::error::LibcontainerError;
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{Process, Spec};
 use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
 use nix::sys::prctl;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::executor::SandboxExecutor;
 use super::exit::{self, SignalForwarder};
-use super::stdio::StdioMode;
+use super::stdio::{PendingCapture, StdioFds, StdioMode};
+use super::terminal::Terminal;
 use super::{RunError, RunOutcome, Timings, network};
 use crate::profile::NetworkMode;
 
@@ -32,46 +34,34 @@ pub(super) struct LaunchRequest<'a> {
     pub timeout: Option<Duration>,
     /// Memory limit in bytes, named in the message when the command is OOM-killed.
     pub memory_limit: Option<u64>,
+    /// Socket that receives the pseudo-terminal master when the spec sets `terminal`.
+    pub console_socket: Option<&'a Path>,
 }
 
 /// Creates the container, starts it, waits for it and deletes it.
 ///
 /// On failure after `build` the container is killed and reaped here, and its state is deleted by
 /// the caller's cleanup.
-pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOutcome, RunError> {
+pub(super) fn launch(
+    request: &LaunchRequest,
+    stdio: StdioMode,
+    terminal: Option<&Terminal>,
+) -> Result<RunOutcome, RunError> {
     let mut timings = Timings::default();
-    let (fds, pending_capture) = stdio.open()?;
-    std::fs::create_dir_all(request.state_root)
-        .with_context(|| format!("failed to create {}", request.state_root.display()))?;
-
-    let builder = ContainerBuilder::new(request.id.to_string(), SyscallType::default())
-        .with_executor(SandboxExecutor)
-        .with_root_path(request.state_root)
-        .map_err(|error| libcontainer_error(error, "invalid state directory"))?
-        .with_stdin(fds.stdin)
-        .with_stdout(fds.stdout)
-        .with_stderr(fds.stderr)
-        .validate_id()
-        .map_err(|error| libcontainer_error(error, "invalid container id"))?
-        .as_init(request.bundle)
-        .with_systemd(false)
-        .with_detach(true);
-
-    // build() clears the dumpable flag of this process (so it cannot be ptraced or dump core);
-    // it is restored afterwards.
-    let dumpable = prctl::get_dumpable().unwrap_or(true);
-    let build_started = Instant::now();
-    let built = builder.build();
-    timings.build = build_started.elapsed();
-    if let Err(errno) = prctl::set_dumpable(dumpable) {
-        tracing::warn!(%errno, "failed to restore the dumpable flag");
-    }
-    let mut container = built.map_err(|error| build_error(error, request.spec))?;
-    let pid = container
-        .pid()
-        .with_context(|| format!("container {} has no init pid after build", request.id))?;
+    let (fds, pending_capture) = match terminal {
+        Some(_) => (StdioFds::null()?, PendingCapture::none()),
+        None => stdio.open()?,
+    };
+    let (mut container, pid) = build_init(request, SandboxExecutor::Command, fds, &mut timings)?;
 
     let capture = pending_capture.start()?;
+    let relay = match terminal.map(Terminal::attach).transpose() {
+        Ok(relay) => relay,
+        Err(error) => {
+            kill_and_reap(&mut container, pid);
+            return Err(RunError::Sandbox(error));
+        }
+    };
     let result = start_and_wait(
         &mut container,
         pid,
@@ -79,6 +69,9 @@ pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOut
         request.timeout,
         &mut timings,
     );
+    if let Some(relay) = relay {
+        relay.finish();
+    }
     let (status, timed_out) = match result {
         Ok(status) => status,
         Err(error) => {
@@ -125,6 +118,223 @@ pub(super) fn launch(request: &LaunchRequest, stdio: StdioMode) -> Result<RunOut
     })
 }
 
+/// Creates and starts a kept sandbox, whose init only reaps orphans and outlives this process,
+/// then runs the spec's command in it like [`exec`] and returns that command's outcome.
+///
+/// On failure the caller removes the sandbox.
+pub(super) fn launch_kept(
+    request: &LaunchRequest,
+    stdio: StdioMode,
+    terminal: Option<&Terminal>,
+) -> Result<RunOutcome, RunError> {
+    let mut timings = Timings::default();
+    let fds = StdioFds::null()?;
+    let (mut container, pid) = build_init(request, SandboxExecutor::KeepAlive, fds, &mut timings)?;
+    let start_started = Instant::now();
+    let started = start_kept(&mut container, pid, request.network);
+    if let Err(error) = started {
+        kill_and_reap(&mut container, pid);
+        return Err(RunError::Sandbox(error));
+    }
+    timings.start = start_started.elapsed();
+    let target = ExecTarget {
+        id: request.id,
+        state_root: request.state_root,
+        bundle: request.bundle,
+    };
+    let mut outcome = exec(&target, None, stdio, terminal)?;
+    outcome.timings.prepare = timings.prepare;
+    outcome.timings.build = timings.build;
+    outcome.timings.start = timings.start;
+    Ok(outcome)
+}
+
+fn start_kept(container: &mut Container, pid: Pid, network: NetworkMode) -> anyhow::Result<()> {
+    network::set_up(network, pid, container)?;
+    container
+        .start()
+        .map_err(|error| anyhow::Error::new(error).context("failed to start the container"))?;
+    Ok(())
+}
+
+/// A running sandbox that a command joins.
+pub(super) struct ExecTarget<'a> {
+    pub id: &'a str,
+    pub state_root: &'a Path,
+    /// Directory that contains the sandbox's `config.json`.
+    pub bundle: &'a Path,
+}
+
+/// Runs `command` (or the command of the sandbox's spec when it is `None`) as a new process in
+/// the namespaces, cgroups and root of the running sandbox `target`, with the user, working
+/// directory, environment, capabilities, rlimits and seccomp filter of its spec, and waits for
+/// it.
+///
+/// SIGINT, SIGTERM and SIGHUP are forwarded to the process, and a second one kills it with
+/// SIGKILL. Processes that it leaves behind stay in the sandbox, whose init reaps them.
+pub(super) fn exec(
+    target: &ExecTarget,
+    command: Option<&[String]>,
+    stdio: StdioMode,
+    terminal: Option<&Terminal>,
+) -> Result<RunOutcome, RunError> {
+    let mut timings = Timings::default();
+    let config = target.bundle.join("config.json");
+    let spec = Spec::load(&config)
+        .map_err(|error| anyhow::anyhow!("failed to read {}: {error}", config.display()))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .with_context(|| format!("{} has no process", config.display()))?;
+    if let Some(command) = command {
+        process.set_args(Some(command.to_vec()));
+    }
+    process.set_terminal(Some(terminal.is_some()));
+    let seccomp = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.seccomp().clone());
+    let process_file = ProcessFile::write(target.bundle, &process)?;
+
+    let (fds, pending_capture) = match terminal {
+        Some(_) => (StdioFds::null()?, PendingCapture::none()),
+        None => stdio.open()?,
+    };
+    let mut builder = ContainerBuilder::new(target.id.to_string(), SyscallType::default())
+        .with_executor(SandboxExecutor::Tenant { seccomp })
+        .with_root_path(target.state_root)
+        .map_err(|error| libcontainer_error(error, "invalid state directory"))?;
+    if terminal.is_none() {
+        builder = builder
+            .with_stdin(fds.stdin)
+            .with_stdout(fds.stdout)
+            .with_stderr(fds.stderr);
+    }
+    let builder = builder
+        .with_console_socket(terminal.map(Terminal::socket_path))
+        .validate_id()
+        .map_err(|error| libcontainer_error(error, "invalid container id"))?
+        .as_tenant()
+        .with_process(Some(process_file.path.clone()))
+        .with_detach(terminal.is_some());
+
+    let dumpable = prctl::get_dumpable().unwrap_or(true);
+    let build_started = Instant::now();
+    let built = builder.build();
+    timings.build = build_started.elapsed();
+    restore_dumpable(dumpable);
+    drop(process_file);
+    let pid = built.map_err(|error| build_error(error, &process_args(&process)))?;
+
+    let capture = pending_capture.start()?;
+    let wait_started = Instant::now();
+    let status = wait_for_tenant(pid, terminal);
+    timings.wait = wait_started.elapsed();
+    let status = match status {
+        Ok(status) => status,
+        Err(error) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = exit::reap(pid);
+            let _ = capture.finish();
+            return Err(RunError::Sandbox(error));
+        }
+    };
+    let (stdout, stderr) = capture.finish()?;
+    Ok(RunOutcome {
+        status,
+        stdout,
+        stderr,
+        timings,
+    })
+}
+
+fn wait_for_tenant(pid: Pid, terminal: Option<&Terminal>) -> anyhow::Result<i32> {
+    let mut forwarder = SignalForwarder::install()?;
+    let relay = match terminal {
+        Some(terminal) => Some(terminal.attach()?),
+        None => None,
+    };
+    let status = exit::wait_for_exit(pid, &mut forwarder, &mut || {
+        kill(pid, Signal::SIGKILL)
+            .or_else(|errno| match errno {
+                Errno::ESRCH => Ok(()),
+                errno => Err(errno),
+            })
+            .with_context(|| format!("failed to kill {pid}"))
+    });
+    if let Some(relay) = relay {
+        relay.finish();
+    }
+    status
+}
+
+/// The `process.json` of a process that joins a sandbox; it is removed when dropped.
+struct ProcessFile {
+    path: PathBuf,
+}
+
+impl ProcessFile {
+    fn write(bundle: &Path, process: &Process) -> anyhow::Result<Self> {
+        let path = bundle.join(format!(
+            "exec-{}-{:08x}.json",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let json = serde_json::to_vec(process).context("failed to serialize the process")?;
+        std::fs::write(&path, json)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        Ok(ProcessFile { path })
+    }
+}
+
+impl Drop for ProcessFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Builds the container init with `executor`. `build` clears the dumpable flag of this process
+/// (so it cannot be ptraced or dump core); it is restored afterwards.
+fn build_init(
+    request: &LaunchRequest,
+    executor: SandboxExecutor,
+    fds: StdioFds,
+    timings: &mut Timings,
+) -> Result<(Container, Pid), RunError> {
+    std::fs::create_dir_all(request.state_root)
+        .with_context(|| format!("failed to create {}", request.state_root.display()))?;
+    let builder = ContainerBuilder::new(request.id.to_string(), SyscallType::default())
+        .with_executor(executor)
+        .with_root_path(request.state_root)
+        .map_err(|error| libcontainer_error(error, "invalid state directory"))?
+        .with_stdin(fds.stdin)
+        .with_stdout(fds.stdout)
+        .with_stderr(fds.stderr)
+        .with_console_socket(request.console_socket)
+        .validate_id()
+        .map_err(|error| libcontainer_error(error, "invalid container id"))?
+        .as_init(request.bundle)
+        .with_systemd(false)
+        .with_detach(true);
+
+    let dumpable = prctl::get_dumpable().unwrap_or(true);
+    let build_started = Instant::now();
+    let built = builder.build();
+    timings.build = build_started.elapsed();
+    restore_dumpable(dumpable);
+    let container = built.map_err(|error| build_error(error, &spec_args(request.spec)))?;
+    let pid = container
+        .pid()
+        .with_context(|| format!("container {} has no init pid after build", request.id))?;
+    Ok((container, pid))
+}
+
+fn restore_dumpable(dumpable: bool) {
+    if let Err(errno) = prctl::set_dumpable(dumpable) {
+        tracing::warn!(%errno, "failed to restore the dumpable flag");
+    }
+}
+
 /// Starts the container and waits for its init; returns the exit status and whether the timeout
 /// killed it.
 fn start_and_wait(
@@ -144,7 +354,12 @@ fn start_and_wait(
     forwarder.deadline = timeout.map(|timeout| Instant::now() + timeout);
 
     let wait_started = Instant::now();
-    let status = exit::wait_for_exit(container, pid, &mut forwarder)?;
+    let id = container.id().to_string();
+    let status = exit::wait_for_exit(pid, &mut forwarder, &mut || {
+        container
+            .kill(Signal::SIGKILL, true)
+            .with_context(|| format!("failed to kill container {id}"))
+    })?;
     timings.wait = wait_started.elapsed();
     Ok((status, forwarder.timed_out))
 }
@@ -166,14 +381,7 @@ fn libcontainer_error(error: LibcontainerError, context: &str) -> RunError {
 /// Maps a `build` failure. libcontainer's default validation reports a missing executable as
 /// "executable '...' not found in $PATH" and one without execute permission as "... does not
 /// have correct permissions"; those become shell exit statuses 127 and 126.
-fn build_error(error: LibcontainerError, spec: &Spec) -> RunError {
-    let command = spec
-        .process()
-        .as_ref()
-        .and_then(|process| process.args().as_ref())
-        .and_then(|args| args.first())
-        .cloned()
-        .unwrap_or_default();
+fn build_error(error: LibcontainerError, command: &str) -> RunError {
     let error = anyhow::Error::new(error);
     let chain = format!("{error:#}");
     if chain.contains("not found in $PATH") {
@@ -191,4 +399,21 @@ fn build_error(error: LibcontainerError, spec: &Spec) -> RunError {
     } else {
         RunError::Sandbox(error.context("failed to create the container"))
     }
+}
+
+fn spec_args(spec: &Spec) -> String {
+    spec.process()
+        .as_ref()
+        .map(process_args)
+        .unwrap_or_default()
+}
+
+/// Returns the first argument of `process`, the command name.
+fn process_args(process: &Process) -> String {
+    process
+        .args()
+        .as_ref()
+        .and_then(|args| args.first())
+        .cloned()
+        .unwrap_or_default()
 }

@@ -12,9 +12,12 @@ mod etc_files;
 mod executor;
 mod exit;
 mod launch;
+mod lifecycle;
 mod network;
 mod overlay;
+mod record;
 mod stdio;
+mod terminal;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -29,7 +32,13 @@ use anyhow::{Context, bail};
 use crate::profile::{Overrides, Profile};
 use crate::spec::{ImageRunConfig, SpecInput, build_spec};
 pub use cleanup::remove;
+pub use lifecycle::{ExecOptions, collect_orphans, exec, list, remove_all, remove_sandbox};
+pub use record::{generate_name, validate_name};
 pub(crate) use stdio::StdioMode;
+
+use lifecycle::{NEW_PREFIX, SandboxLock};
+use record::SandboxRecord;
+use terminal::Terminal;
 
 /// Hostname of every sandbox.
 pub const HOSTNAME: &str = "agentkernel";
@@ -58,10 +67,17 @@ pub struct SandboxRequest {
     /// Changes to the profile's defaults.
     pub overrides: Overrides,
     /// Time after which every process of the sandbox is killed; the run then fails with
-    /// [`RunError::Killed`].
+    /// [`RunError::TimedOut`].
     pub timeout: Option<Duration>,
-    /// Keep `sandbox_dir` (with the upper layer) after the run instead of removing it.
+    /// Image reference as the user gave it, for `sandbox.json`.
+    pub image_name: String,
+    /// Keep the sandbox running after the command exits, for `exec`, until `rm` removes it.
     pub keep: bool,
+    /// Give the command a pseudo-terminal.
+    pub tty: bool,
+    /// `Some(true)` passes stdin even when it is a terminal, `Some(false)` gives `/dev/null`;
+    /// `None` passes pipes and files only, or relays a terminal when `tty` is set.
+    pub interactive: Option<bool>,
 }
 
 /// Failure of [`run`].
@@ -146,10 +162,14 @@ pub(crate) struct RunOutcome {
 /// first run this process keeps a handler for those three signals that does nothing outside a
 /// run, so they no longer terminate it.
 ///
-/// The sandbox is removed afterwards, also on failure. With `request.keep` the sandbox directory
-/// with the upper layer stays, and everything else is removed.
+/// The sandbox is removed afterwards, also on failure. With `request.keep` a sandbox whose
+/// command could be started stays running, and [`exec`] can run more commands in it.
 pub fn run(request: SandboxRequest) -> Result<i32, RunError> {
-    run_with_stdio(request, StdioMode::Inherit).map(|outcome| outcome.status)
+    let stdio = match request.interactive {
+        None => StdioMode::Inherit,
+        Some(pass) => StdioMode::InheritStdin(pass),
+    };
+    run_with_stdio(request, stdio).map(|outcome| outcome.status)
 }
 
 /// Runs like [`run`] with the given stdio and returns the captured output and phase timings.
@@ -174,15 +194,16 @@ pub(crate) fn run_with_stdio(
         )));
     }
     let started = Instant::now();
-    let result = prepare_and_launch(&request, stdio);
+    let (sandbox_dir, lock) = create_sandbox_dir(&request)?;
+    let result = prepare_and_launch(&request, &sandbox_dir, stdio);
 
     let cleanup_started = Instant::now();
-    let cleanup = if request.keep {
-        cleanup::release(&request.sandbox_dir, &request.state_root, &request.id)
-    } else {
-        remove(&request.sandbox_dir, &request.state_root, &request.id)
+    let cleanup = match (&result, request.keep) {
+        (Ok(_), true) => Ok(()),
+        _ => remove(&request.sandbox_dir, &request.state_root, &request.id),
     };
     let cleanup_time = cleanup_started.elapsed();
+    drop(lock);
 
     let mut outcome = result?;
     cleanup.with_context(|| {
@@ -201,16 +222,20 @@ pub(crate) fn run_with_stdio(
     Ok(outcome)
 }
 
-fn prepare_and_launch(request: &SandboxRequest, stdio: StdioMode) -> Result<RunOutcome, RunError> {
+fn prepare_and_launch(
+    request: &SandboxRequest,
+    sandbox_dir: &Path,
+    stdio: StdioMode,
+) -> Result<RunOutcome, RunError> {
     let prepare_started = Instant::now();
-    let sandbox_dir = create_sandbox_dir(&request.sandbox_dir)?;
+    let sandbox_dir = sandbox_dir.to_path_buf();
     let rootfs = overlay::mount(&sandbox_dir, &request.lower_dirs)?;
     let network = request.overrides.network(request.profile);
     let etc_dir = etc_files::write(&sandbox_dir, network, HOSTNAME)?;
 
     let host_cwd = std::env::current_dir().ok();
     let host_home = std::env::var_os("HOME").map(PathBuf::from);
-    let spec = build_spec(&SpecInput {
+    let mut spec = build_spec(&SpecInput {
         image: &request.image,
         command: &request.command,
         profile: request.profile,
@@ -226,41 +251,94 @@ fn prepare_and_launch(request: &SandboxRequest, stdio: StdioMode) -> Result<RunO
     if let Some(process) = spec.process() {
         overlay::create_dir_in_root(&rootfs, process.cwd())?;
     }
+    // A kept sandbox's init runs no command; `launch_kept` sets the terminal of its command.
+    let terminal = match request.tty {
+        true => Some(Terminal::listen(
+            &sandbox_dir,
+            request.interactive != Some(false),
+        )?),
+        false => None,
+    };
+    if let Some(process) = spec.process_mut() {
+        process.set_terminal(Some(terminal.is_some() && !request.keep));
+    }
     let config = sandbox_dir.join("config.json");
     spec.save(&config)
         .with_context(|| format!("failed to write {}", config.display()))?;
     let prepare = prepare_started.elapsed();
 
-    let mut outcome = launch::launch(
-        &launch::LaunchRequest {
-            id: &request.id,
-            state_root: &request.state_root,
-            bundle: &sandbox_dir,
-            spec: &spec,
-            network,
-            timeout: request.timeout,
-            memory_limit: request.overrides.limits(request.profile).memory_bytes,
+    let launch_request = launch::LaunchRequest {
+        id: &request.id,
+        state_root: &request.state_root,
+        bundle: &sandbox_dir,
+        spec: &spec,
+        network,
+        timeout: request.timeout,
+        memory_limit: request.overrides.limits(request.profile).memory_bytes,
+        console_socket: match request.keep {
+            true => None,
+            false => terminal.as_ref().map(Terminal::socket_path),
         },
-        stdio,
-    )?;
+    };
+    let mut outcome = match request.keep {
+        true => launch::launch_kept(&launch_request, stdio, terminal.as_ref())?,
+        false => launch::launch(&launch_request, stdio, terminal.as_ref())?,
+    };
     outcome.timings.prepare = prepare;
     Ok(outcome)
 }
 
-/// Creates the sandbox directory and returns its absolute path.
-fn create_sandbox_dir(sandbox_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Creates the sandbox directory with its `sandbox.json` and returns its absolute path and the
+/// lock that marks it as in use.
+///
+/// The directory is set up as `.new-<id>`, locked and then renamed without replacing, so another
+/// command never sees it unlocked or without its record, and two runs cannot take one name.
+fn create_sandbox_dir(request: &SandboxRequest) -> Result<(PathBuf, SandboxLock), RunError> {
     use std::os::unix::fs::DirBuilderExt;
 
-    if let Some(parent) = sandbox_dir.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("failed to create {}", parent.display()))?;
-    }
+    let sandbox_dir = &request.sandbox_dir;
+    let parent = sandbox_dir
+        .parent()
+        .with_context(|| format!("{} has no parent directory", sandbox_dir.display()))?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("failed to create {}", parent.display()))?;
+    let new_dir = parent.join(format!("{NEW_PREFIX}{}", request.id));
     std::fs::DirBuilder::new()
         .mode(0o700)
-        .create(sandbox_dir)
-        .with_context(|| format!("failed to create {}", sandbox_dir.display()))?;
-    std::fs::canonicalize(sandbox_dir)
-        .with_context(|| format!("failed to resolve {}", sandbox_dir.display()))
+        .create(&new_dir)
+        .with_context(|| format!("failed to create {}", new_dir.display()))?;
+    let set_up = || -> anyhow::Result<SandboxLock> {
+        let lock = SandboxLock::try_lock(&new_dir)?
+            .with_context(|| format!("{} is locked by another process", new_dir.display()))?;
+        SandboxRecord {
+            name: request.id.clone(),
+            image: request.image_name.clone(),
+            profile: profile_name(request.profile),
+            created: record::now(),
+            keep: request.keep,
+        }
+        .write(&new_dir)?;
+        nix::fcntl::renameat2(
+            None,
+            &new_dir,
+            None,
+            sandbox_dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("sandbox name {} is already in use", request.id))?;
+        Ok(lock)
+    };
+    let lock = match set_up() {
+        Ok(lock) => lock,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&new_dir);
+            return Err(RunError::Sandbox(error));
+        }
+    };
+    let absolute = std::fs::canonicalize(sandbox_dir)
+        .with_context(|| format!("failed to resolve {}", sandbox_dir.display()))?;
+    Ok((absolute, lock))
 }
 
 /// Checks that `id` is a valid container id: 1 to 64 characters from `[A-Za-z0-9_+.-]`, not
@@ -275,4 +353,13 @@ fn validate_id(id: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Returns the profile's name as `--profile` spells it.
+fn profile_name(profile: Profile) -> String {
+    use clap::ValueEnum;
+    profile
+        .to_possible_value()
+        .map(|value| value.get_name().to_string())
+        .unwrap_or_default()
 }

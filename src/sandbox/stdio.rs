@@ -17,6 +17,9 @@ pub(crate) enum StdioMode {
     /// places. Stdin is a duplicate of fd 0 when that is a pipe or a regular file, else
     /// `/dev/null`, so the sandbox never reads from a terminal.
     Inherit,
+    /// Like [`StdioMode::Inherit`], but stdin is a duplicate of fd 0 whatever it is when `true`
+    /// (`--interactive`), and `/dev/null` when `false`.
+    InheritStdin(bool),
     /// Stdout and stderr go to pipes that reader threads drain into memory; stdin is the given
     /// file descriptor or `/dev/null`.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -45,7 +48,7 @@ impl StdioMode {
     /// inherited and is a terminal.
     pub fn term(&self) -> Option<String> {
         match self {
-            StdioMode::Inherit if io::stdout().is_terminal() => {
+            StdioMode::Inherit | StdioMode::InheritStdin(_) if io::stdout().is_terminal() => {
                 Some(std::env::var("TERM").unwrap_or_else(|_| "xterm".to_string()))
             }
             _ => None,
@@ -58,6 +61,18 @@ impl StdioMode {
             StdioMode::Inherit => {
                 let fds = StdioFds {
                     stdin: stdin_source(io::stdin().as_fd())?,
+                    stdout: duplicate_or_null(io::stdout().as_fd(), "stdout")?,
+                    stderr: duplicate_or_null(io::stderr().as_fd(), "stderr")?,
+                };
+                Ok((fds, PendingCapture(None)))
+            }
+            StdioMode::InheritStdin(pass) => {
+                let stdin = match pass {
+                    true => duplicate_or_null(io::stdin().as_fd(), "stdin")?,
+                    false => dev_null()?,
+                };
+                let fds = StdioFds {
+                    stdin,
                     stdout: duplicate_or_null(io::stdout().as_fd(), "stdout")?,
                     stderr: duplicate_or_null(io::stderr().as_fd(), "stderr")?,
                 };
@@ -82,7 +97,24 @@ impl StdioMode {
     }
 }
 
+impl StdioFds {
+    /// Returns `/dev/null` for all three, for a process whose stdio is a pseudo-terminal or
+    /// that has none.
+    pub fn null() -> anyhow::Result<Self> {
+        Ok(StdioFds {
+            stdin: dev_null()?,
+            stdout: dev_null()?,
+            stderr: dev_null()?,
+        })
+    }
+}
+
 impl PendingCapture {
+    /// Returns a capture that reads nothing.
+    pub fn none() -> Self {
+        PendingCapture(None)
+    }
+
     /// Starts the reader threads. Call it after `ContainerBuilder::build`, which forks and must
     /// not run while other threads allocate, and before `Container::start`, after which a full
     /// pipe would block the command.

@@ -83,7 +83,10 @@ impl TestEnv {
             profile,
             overrides: Default::default(),
             timeout: None,
+            image_name: "busybox".to_string(),
             keep: false,
+            tty: false,
+            interactive: None,
         }
     }
 }

@@ -1,0 +1,138 @@
+//! `agentkernel exec`, `list` and `rm`: commands on kept sandboxes.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use clap::Args;
+
+use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
+use crate::sandbox::{self, ExecOptions, RunError};
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Pass stdin to the command even when it is a terminal; -i=false gives it /dev/null
+    /// [default: pass pipes and files, or a terminal together with --tty].
+    #[arg(short = 'i', long, num_args = 0..=1, default_missing_value = "true",
+          require_equals = true, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub interactive: Option<bool>,
+
+    /// Give the command a pseudo-terminal; -t=false refuses one [default: when stdin and
+    /// stdout are terminals].
+    #[arg(short = 't', long, num_args = 0..=1, default_missing_value = "true",
+          require_equals = true, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub tty: Option<bool>,
+
+    /// Name of a sandbox started with `run --keep`.
+    pub name: String,
+
+    /// The command and its arguments, after `--` or the name.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remove every sandbox.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+
+    /// Names of the sandboxes to stop and remove.
+    #[arg(required_unless_present = "all")]
+    pub names: Vec<String>,
+}
+
+/// Runs the command in the sandbox and returns its exit code (or 125 when agentkernel fails).
+pub fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
+    collect_orphans(root);
+    let tty = use_tty(args.tty, args.interactive)?;
+    let options = ExecOptions {
+        tty,
+        interactive: args.interactive,
+    };
+    match sandbox::exec(root, &args.name, &args.command, options) {
+        Ok(code) => Ok(code),
+        Err(RunError::Exec { code, message } | RunError::Killed { code, message }) => {
+            eprintln!("agentkernel: {message}");
+            Ok(code)
+        }
+        Err(RunError::Sandbox(error)) => {
+            let error = error.context(format!("cannot run a command in sandbox {}", args.name));
+            Ok(report(&error, None).max(EXIT_AGENTKERNEL_FAILED))
+        }
+    }
+}
+
+/// Prints the sandboxes as a table or as JSON.
+pub fn list(root: &Path, args: ListArgs) -> anyhow::Result<()> {
+    collect_orphans(root);
+    let sandboxes = sandbox::list(root)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&sandboxes)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<32} {:<12} {:<8} CREATED",
+        "NAME", "IMAGE", "PROFILE", "STATUS"
+    );
+    for sandbox in sandboxes {
+        println!(
+            "{:<24} {:<32} {:<12} {:<8} {}",
+            sandbox.name, sandbox.image, sandbox.profile, sandbox.status, sandbox.created
+        );
+    }
+    Ok(())
+}
+
+/// Stops and removes the named sandboxes, or all with `--all`, and prints each name.
+pub fn rm(root: &Path, args: RmArgs) -> anyhow::Result<()> {
+    collect_orphans(root);
+    if args.all {
+        for name in sandbox::remove_all(root)? {
+            println!("{name}");
+        }
+        return Ok(());
+    }
+    for name in &args.names {
+        sandbox::remove_sandbox(root, name)?;
+        println!("{name}");
+    }
+    Ok(())
+}
+
+/// Removes the sandboxes of killed `run` processes; failures only warn, because they must not
+/// stop the command that triggered the collection.
+pub fn collect_orphans(root: &Path) {
+    match sandbox::collect_orphans(root) {
+        Ok(removed) => {
+            for name in removed {
+                tracing::info!(sandbox = %name, "removed an orphaned sandbox");
+            }
+        }
+        Err(error) => {
+            eprintln!("agentkernel: warning: cannot remove orphaned sandboxes: {error:#}");
+        }
+    }
+}
+
+/// Decides whether the command gets a pseudo-terminal, as `docker run` does: `-t` forces one,
+/// `-t=false` refuses one, and by default it gets one when stdin and stdout are terminals.
+/// `-i -t` with a stdin that is not a terminal is an error.
+pub fn use_tty(tty: Option<bool>, interactive: Option<bool>) -> anyhow::Result<bool> {
+    let stdin_terminal = std::io::stdin().is_terminal();
+    let tty = tty.unwrap_or_else(|| {
+        interactive != Some(false) && stdin_terminal && std::io::stdout().is_terminal()
+    });
+    if tty && interactive == Some(true) && !stdin_terminal {
+        anyhow::bail!(
+            "cannot use -i with -t: stdin is not a terminal; drop -t or run from a terminal"
+        );
+    }
+    Ok(tty)
+}
