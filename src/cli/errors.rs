@@ -30,7 +30,14 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
 }
 
 fn store_hint(error: &StoreError) -> &'static str {
+    use oci_client::errors::OciDistributionError as Oci;
     match error {
+        StoreError::Registry(RegistryError::Request {
+            source: Oci::UnauthorizedError { .. } | Oci::AuthenticationFailure(_),
+            ..
+        }) => {
+            "check the credentials for this registry in ~/.docker/config.json, or that the image exists"
+        }
         StoreError::Registry(RegistryError::Request { .. } | RegistryError::Transfer { .. }) => {
             "check the image name and that the registry is reachable, or set [registry] mirrors in agentkernel.toml"
         }
