@@ -145,7 +145,7 @@ impl Config {
         }
         let config: Config = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+            .map_err(|e: toml::de::Error| invalid_value(text, path, e))?;
         if let Some(vcpus) = config.resources.vcpus {
             if !(vcpus > 0.0 && vcpus.is_finite()) {
                 bail!(
@@ -192,6 +192,47 @@ where
             "invalid security.network = {value}: expected \"none\", \"isolated\" or \"host\""
         ))),
     }
+}
+
+/// Turns a deserialization error into a message that names the file and the key. Parsing the
+/// text again gives the error a span, and the key is read from the line it points at.
+fn invalid_value(text: &str, path: &Path, error: toml::de::Error) -> anyhow::Error {
+    let message = error.message().to_string();
+    let key = toml::from_str::<Config>(text)
+        .err()
+        .and_then(|spanned| spanned.span())
+        .and_then(|span| key_at(text, span.start));
+    match key {
+        Some(key) if !message.contains(&key) => {
+            anyhow::anyhow!("{}: invalid {key}: {message}", path.display())
+        }
+        _ => anyhow::anyhow!("{}: {message}", path.display()),
+    }
+}
+
+/// Returns `section.key` for the `key = value` line that contains byte `offset` of `text`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut section = String::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') && !trimmed.starts_with("[[") {
+            section = trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+        }
+        if offset < start + line.len() {
+            let (key, _) = line.split_once('=')?;
+            let key = key.trim();
+            return Some(match section.is_empty() {
+                true => key.to_string(),
+                false => format!("{section}.{key}"),
+            });
+        }
+        start += line.len();
+    }
+    None
 }
 
 fn unknown_keys(table: &toml::Table) -> Vec<String> {
@@ -264,6 +305,8 @@ mod tests {
             .to_string();
         assert!(error.contains("a.toml"), "{error}");
         assert!(error.contains("paranoid"), "{error}");
+        assert!(error.contains("invalid security.profile"), "{error}");
+        assert!(error.contains("restrictive"), "{error}");
         let error = Config::parse("[resources]\nvcpus = -1\n", Path::new("a.toml"))
             .unwrap_err()
             .to_string();
