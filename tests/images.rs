@@ -485,25 +485,19 @@ fn prune_keeps_layers_of_sandboxes() {
     );
     assert!(layer_dir.join("layer.json").is_file());
 
-    // A sandbox directory without a layer list keeps every layer.
+    // A sandbox directory that no run holds and no --keep made is an orphan: prune
+    // collects it, and the kept sandbox still keeps its layer.
     std::fs::create_dir(root.path().join("sandboxes/stray")).unwrap();
-    let cautious = ak(root.path(), &["prune"]);
-    assert_eq!(cautious.code, 0, "{}", cautious.stderr);
-    assert_eq!(
-        cautious.stderr,
-        format!(
-            "agentkernel: warning: sandbox {} has no layer list in {}; keeping every layer\n",
-            root.path().join("sandboxes/stray").display(),
-            root.path().join("sandbox-layers").display()
-        )
-    );
+    let collected = ak(root.path(), &["prune"]);
+    assert_eq!(collected.code, 0, "{}", collected.stderr);
+    assert!(!root.path().join("sandboxes/stray").exists());
     assert!(layer_dir.join("layer.json").is_file());
-    std::fs::remove_dir(root.path().join("sandboxes/stray")).unwrap();
     // Files next to the sandbox directories are not sandboxes.
     std::fs::write(root.path().join("sandboxes/notes.txt"), "").unwrap();
 
-    // Once the kept sandbox is deleted, its layer and its list go.
-    std::fs::remove_dir_all(root.path().join("sandboxes").join(&id)).unwrap();
+    // Once the kept sandbox is removed, its layer and its list go.
+    let removed = ak(root.path(), &["rm", &id]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
     let pruned = ak(root.path(), &["prune"]);
     assert_eq!(pruned.code, 0, "{}", pruned.stderr);
     assert!(
