@@ -5,8 +5,8 @@ mod images;
 mod prune;
 mod pull;
 mod run;
-mod sandboxes;
 mod sandbox_layers;
+mod sandboxes;
 
 use std::path::PathBuf;
 
