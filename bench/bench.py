@@ -435,7 +435,7 @@ def report(directory):
     )
     out += ["", "## Machine", ""]
     machine_keys = ["cpus", "memory", "kernel", "os", "cgroups", "filesystem", "versions"]
-    for key in machine_keys + ["load", "duration"]:
+    for key in machine_keys + ["load", "priority", "duration"]:
         if key in info:
             out.append(f"- {key}: {info[key]}")
 

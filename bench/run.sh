@@ -3,13 +3,14 @@
 # and prints a Markdown summary with medians, min/max and ratios.
 #
 # usage: bench/run.sh [--write FILE] [--runs N] [--warmups N] [--parallel N]
-#                     [--no-big-layer] [--keep]
+#                     [--no-big-layer] [--keep] [--no-nice]
 #   --write FILE     also write the summary to FILE (e.g. BENCHMARKS.md)
 #   --runs N         counted runs per command (default 10)
 #   --warmups N      uncounted warm-up rounds before them (default 2)
 #   --parallel N     sandboxes started at once in the parallel test (default 20)
 #   --no-big-layer   skip building, pushing and pulling the 1 GiB layer image
 #   --keep           keep the work directory with the raw results
+#   --no-nice        run at the caller's priority instead of nice -19
 #
 # Runs as root from a checkout: installs missing Debian packages (podman, crun,
 # strace, time), runs `cargo build --release`, and re-runs itself under
@@ -45,6 +46,7 @@ warmups=2
 parallel=20
 big_layer=1
 keep=0
+priority=(nice -n -19)
 args=("$@")
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -66,8 +68,9 @@ while [ $# -gt 0 ]; do
 		;;
 	--no-big-layer) big_layer=0 ;;
 	--keep) keep=1 ;;
+	--no-nice) priority=() ;;
 	*)
-		sed -n '5,12p' "$0" >&2
+		sed -n '5,13p' "$0" >&2
 		exit 2
 		;;
 	esac
@@ -103,7 +106,7 @@ if [ -z "${AGENTKERNEL_BENCH_INNER:-}" ]; then
 		exit 1
 	}
 	export AGENTKERNEL_BENCH_INNER=1
-	exec "$repo/tests/env/with-registries.sh" "$0" "${args[@]}"
+	exec "${priority[@]}" "$repo/tests/env/with-registries.sh" "$0" "${args[@]}"
 fi
 
 # Inner part: runs under with-registries.sh with AGENTKERNEL_TEST_* set.
@@ -199,69 +202,56 @@ machine_info() {
 		--arg filesystem "$filesystem" \
 		--arg load "1, 5 and 15 min load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" \
 		--arg versions "$versions" \
+		--arg priority "nice $(nice) for the registries and every measured command" \
 		--arg runs "$runs" --arg warmups "$warmups" \
 		'$ARGS.named' >"$results/info.json"
 }
 
 # --- 1. Warm runs --------------------------------------------------------------
 
-# Writes the runc bundle NAME for PROFILE (moderate or restrictive) from
-# `runc spec`, with the settings agentkernel's spec has for that profile.
+# Writes the runc bundle for PROFILE (moderate or restrictive): `runc spec`,
+# edited with jq to carry the settings of agentkernel's own config.json for that
+# profile, taken from a sandbox kept with `run --keep` and removed again.
 write_runc_bundle() {
-	local name=$1 profile=$2 bundle=$work/runc/$1
-	local readonly_root netns memory quota pids caps
-	caps='["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW",
-		"CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE",
-		"CAP_SYS_CHROOT","CAP_KILL","CAP_AUDIT_WRITE"]'
-	case $profile in
-	moderate) readonly_root=false netns=false memory=536870912 quota=100000 pids=1024 ;;
-	restrictive)
-		readonly_root=true netns=true memory=268435456 quota=50000 pids=256
-		caps=$(jq -c 'map(select(. != "CAP_NET_RAW"))' <<<"$caps")
-		;;
-	esac
-	mkdir -p "$bundle"
+	local profile=$1 bundle=$work/runc/$1 name=bench-spec-$1
+	local kept=$work/ak-warm/sandboxes/$name
+	"$agentkernel" --root "$work/ak-warm" run --keep --name "$name" --profile "$profile" \
+		--image "$busybox" true </dev/null >/dev/null
+	mkdir -p "$bundle/etc"
+	cp "$kept/config.json" "$work/runc/agentkernel-$profile.json"
+	cp "$kept"/etc/* "$bundle/etc/"
+	"$agentkernel" --root "$work/ak-warm" rm "$name" >/dev/null
 	(cd "$bundle" && runc spec)
-	jq --arg rootfs "$work/runc/bundle/rootfs" --arg etc "$work/runc/etc" \
-		--arg cgroup "/agentkernel-bench/runc-$name" \
-		--argjson readonly "$readonly_root" --argjson netns "$netns" --argjson caps "$caps" \
-		--argjson memory "$memory" --argjson quota "$quota" --argjson pids "$pids" '
-		def bind($file): {destination: ("/etc/" + $file), type: "bind",
-			source: ($etc + "/" + $file), options: ["rbind", "ro", "nosuid", "nodev"]};
-		def char($major; $minor): {allow: true, type: "c", major: $major, access: "rwm"}
-			+ (if $minor == null then {} else {minor: $minor} end);
-		.process.terminal = false
-		| .process.args = ["true"]
-		| .process.env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=agentkernel", "HOME=/root"]
-		| .process.capabilities = {bounding: $caps, effective: $caps, permitted: $caps,
-			inheritable: [], ambient: []}
-		| .root = {path: $rootfs, readonly: $readonly}
-		| .hostname = "agentkernel"
-		| .mounts += [bind("hosts"), bind("hostname"), bind("resolv.conf")]
-		| if $readonly then .mounts += [{destination: "/tmp", type: "tmpfs", source: "tmpfs",
-			options: ["nosuid", "nodev", "mode=1777", "size=64m"]}] else . end
-		| .linux.namespaces = [{type: "pid"}, {type: "mount"}, {type: "ipc"}, {type: "uts"},
-			{type: "cgroup"}] + (if $netns then [{type: "network"}] else [] end)
-		| .linux.cgroupsPath = $cgroup
-		| .linux.resources = {
-			devices: [{allow: false, access: "rwm"}, char(1; 3), char(1; 5), char(1; 7),
-				char(5; 0), char(1; 9), char(1; 8), char(136; null), char(5; 2)],
-			memory: {limit: $memory}, cpu: {quota: $quota, period: 100000}, pids: {limit: $pids}}
+	# agentkernel's spec stores the mask of SCMP_CMP_MASKED_EQ in valueTwo, which
+	# libcontainer 0.7 reads as the mask; runc reads `value` as the mask, so the
+	# two are swapped for runc.
+	jq --slurpfile agentkernel "$work/runc/agentkernel-$profile.json" \
+		--arg rootfs "$work/runc/bundle/rootfs" --arg etc "$bundle/etc" \
+		--arg cgroup "/agentkernel-bench/runc-$profile" '
+		def swap_masked: if .op == "SCMP_CMP_MASKED_EQ"
+			then {index, op, value: (.valueTwo // 0), valueTwo: (.value // 0)} else . end;
+		$agentkernel[0] as $ak
+		| .process = ($ak.process | .terminal = false | .args = ["true"])
+		| .hostname = $ak.hostname
+		| .root = {path: $rootfs, readonly: $ak.root.readonly}
+		| .mounts = [$ak.mounts[] | if .type == "bind" and (.destination | startswith("/etc/"))
+			then .source = ($etc + "/" + (.source | split("/") | last)) else . end]
+		| .linux = ($ak.linux | .cgroupsPath = $cgroup)
+		| if .linux.seccomp then .linux.seccomp.syscalls |= map(
+			if .args then .args |= map(swap_masked) else . end) else . end
 		' "$bundle/config.json" >"$bundle/config.json.new"
 	mv "$bundle/config.json.new" "$bundle/config.json"
+	# Mount points of the /etc bind mounts, so runc does not create them in the shared rootfs.
+	touch "$work/runc/bundle/rootfs/etc/hosts" "$work/runc/bundle/rootfs/etc/hostname" \
+		"$work/runc/bundle/rootfs/etc/resolv.conf"
 }
 
 prepare_runc() {
-	mkdir -p "$work/runc/state" "$work/runc/etc"
+	mkdir -p "$work/runc/state"
 	skopeo copy -q --src-tls-verify=false "docker://$busybox" "oci:$work/runc/oci:busybox"
 	umoci unpack --image "$work/runc/oci:busybox" "$work/runc/bundle" >/dev/null
-	printf '127.0.0.1\tlocalhost agentkernel\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$work/runc/etc/hosts"
-	echo agentkernel >"$work/runc/etc/hostname"
-	cp /etc/resolv.conf "$work/runc/etc/resolv.conf"
-	touch "$work/runc/bundle/rootfs/etc/hosts" "$work/runc/bundle/rootfs/etc/hostname" \
-		"$work/runc/bundle/rootfs/etc/resolv.conf"
-	write_runc_bundle moderate moderate
-	write_runc_bundle restrictive restrictive
+	write_runc_bundle moderate
+	write_runc_bundle restrictive
 }
 
 # Writes podman's configuration, which keeps its storage and temporary files
@@ -402,15 +392,15 @@ measure_pulls() {
 		image=${entry%%:*}
 		reference=${entry#*:}
 		commands+=("$(jq -cn --arg name "ak-pull-$image" \
-			--arg prepare "rm -rf '$work/ak-pull' && mkdir '$work/ak-pull' && sync" \
+			--arg prepare "rm -rf '$work/ak-pull' && mkdir '$work/ak-pull'" \
 			--argjson argv "$(json_array "$agentkernel" --root "$work/ak-pull" pull "$reference")" \
 			'{name: $name, prepare: $prepare, argv: $argv}')")
 		commands+=("$(jq -cn --arg name "podman-pull-$image" \
-			--arg prepare "podman rmi -a -f >/dev/null && sync" \
+			--arg prepare "podman rmi -a -f >/dev/null" \
 			--argjson argv "$(json_array podman pull -q "$reference")" \
 			'{name: $name, prepare: $prepare, argv: $argv}')")
 		commands+=("$(jq -cn --arg name "skopeo-umoci-$image" \
-			--arg prepare "rm -rf '$work/umoci' && mkdir '$work/umoci' && sync" \
+			--arg prepare "rm -rf '$work/umoci' && mkdir '$work/umoci'" \
 			--arg script "skopeo copy -q --src-tls-verify=false 'docker://$reference' 'oci:$work/umoci/oci:image' && umoci unpack --image '$work/umoci/oci:image' '$work/umoci/bundle' >/dev/null" \
 			'{name: $name, prepare: $prepare, argv: ["sh", "-c", $script]}')")
 	done
@@ -452,7 +442,7 @@ measure_big() {
 	layout=$(big_layout)
 	log "pushing the 1 GiB layer image to $reference"
 	skopeo copy -q --dest-tls-verify=false "oci:$layout:big" "docker://$reference"
-	jq -n --arg prepare "rm -rf '$work/ak-big' && mkdir '$work/ak-big' && sync" \
+	jq -n --arg prepare "rm -rf '$work/ak-big' && mkdir '$work/ak-big'" \
 		--argjson argv "$(json_array "$agentkernel" --root "$work/ak-big" pull "$reference")" \
 		'{group: "big", runs: 3, warmups: 1, commands: [
 			{name: "ak-pull-big", prepare: $prepare, argv: $argv}]}' >"$work/big-spec.json"
@@ -481,15 +471,19 @@ write_notes() {
 			  once before the timed runs. Each run mounts an overlay over the cached layers and
 			  removes it afterwards. `ak-moderate-tmpfs` is the same with the `--root` on a tmpfs
 			  mounted for the benchmark.
-			- runc's bundle is `runc spec`, edited with jq to agentkernel's settings for the same
-			  profile: the same namespaces (pid, mount, ipc, uts, cgroup, plus network for
-			  restrictive), read-only root and a 64 MiB `/tmp` tmpfs for restrictive, memory, CPU
-			  quota and pids limits, the device rules, Docker's 14 default capabilities (without
-			  `CAP_NET_RAW` for restrictive), `noNewPrivileges`, `RLIMIT_NOFILE` 1024, bind mounts
-			  of `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, and no seccomp. The rootfs is
-			  the same busybox image, copied from the registry with skopeo and unpacked with
-			  `umoci unpack` once. Differences: runc's root is that plain directory, with no overlay
-			  mount per run, and runc brings up `lo` itself.
+			- runc's bundle for each profile is `runc spec`, edited with jq to take from
+			  agentkernel's own `config.json` for that profile (from a sandbox kept with
+			  `run --keep`): the process settings (capabilities, rlimits, `noNewPrivileges`,
+			  environment), the hostname, the read-only root choice, the mounts (with copies of the
+			  `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` files) and the whole `linux`
+			  section: namespaces, cgroup limits, device rules, seccomp filter, masked and
+			  read-only paths. Only `cgroupsPath` differs, and the two operands of
+			  `SCMP_CMP_MASKED_EQ` rules are swapped, because libcontainer 0.7 and runc read them
+			  in opposite order. The rootfs is the same busybox image, copied from the registry
+			  with skopeo and unpacked with `umoci unpack` once. Differences: runc's root is that
+			  plain directory, with no overlay mount per run; runc brings up `lo` itself; for
+			  moderate, agentkernel also creates a veth pair with NAT and firewall rules for
+			  outbound traffic, while runc's network namespace has only `lo`.
 			- podman 4.3 runs the image it pulled from the same registry, with crun, its default
 			  seccomp profile and capabilities, `--network none`, `--memory 512m --cpus 1
 			  --pids-limit 1024`, cgroupfs, and storage in the work directory. crun 1.8 rejects the
@@ -500,9 +494,11 @@ write_notes() {
 			  one fork and exec, with no cgroups, mounts or image.
 			- Cold pulls: each agentkernel pull gets an empty `--root`, each podman pull follows an
 			  uncounted `podman rmi -a -f`, each skopeo copy + umoci unpack goes to empty
-			  directories, and an uncounted `sync` precedes each pull. All read from the same
-			  registry on 127.0.0.1 and write to the same filesystem; the registry's blobs are in
-			  the page cache after the warm-up rounds.
+			  directories. All read from the same registry on 127.0.0.1 and write to the same
+			  filesystem; the registry's blobs are in the page cache after the warm-up rounds.
+			- Everything measured runs at nice -19 (unless `--no-nice`), so that other processes
+			  on the machine take less CPU time from the measured commands; the disk is still
+			  shared with them.
 			- Times are wall-clock times of the whole process, from posix_spawn to wait4, in
 			  `bench/bench.py`. CPU is user + system time of the process and its waited-for
 			  children; peak RSS is their largest `ru_maxrss`.
