@@ -11,6 +11,8 @@ packages=(
 	# registry, image tools and the images' inputs
 	docker-registry skopeo umoci debootstrap debian-archive-keyring busybox-static
 	rsync apache2-utils zstd jq openssl curl ca-certificates
+	# setcap and getcap, for the file capability test against umoci
+	libcap2-bin
 	# getfattr, for comparing layer trees with their xattrs (tests/crash_safety.rs)
 	attr
 	# building and running agentkernel (libseccomp is found with pkg-config;
