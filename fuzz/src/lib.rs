@@ -22,7 +22,6 @@ const MAX_LAYER_BYTES: u64 = 64 << 20;
 /// Directories that every unpack of one process shares: a parent layer, a canary
 /// directory and the directory that contains each destination.
 struct Workspace {
-    _base: tempfile::TempDir,
     parent: PathBuf,
     canary: PathBuf,
     scratch: PathBuf,
@@ -77,26 +76,49 @@ fn describe(dir: &Path) -> Vec<(PathBuf, u32, u64, i64)> {
     out
 }
 
+/// Name prefix of a workspace directory, followed by the process ID.
+const WORKSPACE_PREFIX: &str = "rootfs-cache-fuzz-";
+
+/// Removes the workspaces in `dir` whose process has exited. libFuzzer ends a process
+/// with exit(3), which runs no destructors, so a workspace cannot remove itself.
+fn remove_stale_workspaces(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(WORKSPACE_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn workspace() -> &'static Workspace {
     static WORKSPACE: OnceLock<Workspace> = OnceLock::new();
     WORKSPACE.get_or_init(|| {
         // tmpfs keeps the many small unpacks off the disk and supports trusted xattrs.
         let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            tempfile::Builder::new()
-                .prefix("rootfs-cache-fuzz-")
-                .tempdir_in(shm)
+        let dir = if shm.is_dir() {
+            shm.to_owned()
         } else {
-            tempfile::Builder::new()
-                .prefix("rootfs-cache-fuzz-")
-                .tempdir()
-        }
-        .expect("create the fuzz workspace");
-        let parent = base.path().join("parent");
-        let canary = base.path().join("canary");
-        let scratch = base.path().join("scratch");
+            std::env::temp_dir()
+        };
+        remove_stale_workspaces(&dir);
+        let base = dir.join(format!("{WORKSPACE_PREFIX}{}", std::process::id()));
+        // A workspace left by an earlier process with the same ID.
+        let _ = fs::remove_dir_all(&base);
+        let parent = base.join("parent");
+        let canary = base.join("canary");
+        let scratch = base.join("scratch");
         for dir in [&parent, &canary, &scratch] {
-            fs::create_dir(dir).expect("create a workspace directory");
+            fs::create_dir_all(dir).expect("create a workspace directory");
         }
         fs::create_dir(canary.join("dir")).expect("create the canary directory");
         fs::write(canary.join("secret"), CANARY).expect("write the canary");
@@ -104,7 +126,6 @@ fn workspace() -> &'static Workspace {
         Workspace {
             canary_before: describe(&canary),
             parent_before: describe(&parent),
-            _base: base,
             parent,
             canary,
             scratch,
