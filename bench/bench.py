@@ -411,6 +411,26 @@ def pull_descriptions(names):
     return descriptions
 
 
+SYNC_CALLS = ["fsync", "fdatasync", "syncfs", "sync_file_range", "sync"]
+
+
+def sync_call_table(directory):
+    """Returns a table of the calls counted in the `sync-NAME.txt` strace summaries of DIR."""
+    rows = []
+    for path in sorted(Path(directory).glob("sync-*.txt")):
+        counts = dict.fromkeys(SYNC_CALLS, 0)
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[-1] in counts and fields[3].isdigit():
+                counts[fields[-1]] = int(fields[3])
+        name = path.stem.removeprefix("sync-")
+        rows.append(f"| {name} | " + " | ".join(str(counts[call]) for call in SYNC_CALLS) + " |")
+    if not rows:
+        return []
+    header = ["| command | " + " | ".join(SYNC_CALLS) + " |", "|---" * (len(SYNC_CALLS) + 1) + "|"]
+    return header + rows
+
+
 def report(directory):
     info = load(directory, "info.json") or {}
     warm = load(directory, "warm.json")
@@ -570,6 +590,15 @@ def report(directory):
                 )
             )
         out += [""] + ratio_lines(pairs)
+
+    sync_rows = sync_call_table(directory)
+    if sync_rows:
+        out += [
+            "",
+            "fsync-family system calls of one more python pull per tool (`strace -f -c`), which "
+            "wait for the disk:",
+            "",
+        ] + sync_rows
 
     if big:
         out += ["", "## Pull of an image with one 1 GiB layer", ""]

@@ -3,7 +3,7 @@
 # and prints a Markdown summary with medians, min/max and ratios.
 #
 # usage: bench/run.sh [--write FILE] [--runs N] [--warmups N] [--parallel N]
-#                     [--no-big-layer] [--keep] [--no-nice]
+#                     [--no-big-layer] [--keep] [--no-nice] [--host-fs]
 #   --write FILE     also write the summary to FILE (e.g. BENCHMARKS.md)
 #   --runs N         counted runs per command (default 10)
 #   --warmups N      uncounted warm-up rounds before them (default 2)
@@ -11,6 +11,8 @@
 #   --no-big-layer   skip building, pushing and pulling the 1 GiB layer image
 #   --keep           keep the work directory with the raw results
 #   --no-nice        run at the caller's priority instead of nice -19
+#   --host-fs        write to the work directory's filesystem instead of a
+#                    fresh ext4 on a loop device
 #
 # Runs as root from a checkout: installs missing Debian packages (podman, crun,
 # strace, time), runs `cargo build --release`, and re-runs itself under
@@ -29,10 +31,11 @@
 #      1 GiB layer of random bytes, built once with umoci and cached in
 #      ${AGENTKERNEL_BENCH_CACHE:-/var/cache/agentkernel-bench};
 #   4. N `agentkernel run --image <busybox> true` started at once, 3 rounds.
-# The measurements take about 4 minutes on an idle 2-core VM and twice as long
-# on a busy one; building the 1 GiB image the first time adds about a minute.
-# The work directory is under ${TMPDIR:-/var/tmp}. Podman's storage and
-# configuration live there too, so the host's podman setup is neither used nor
+# The measurements take about 4 minutes on an idle 2-core VM and about twice as
+# long on a busy one. Building the 1 GiB image the first time adds a minute.
+# The work directory is under ${TMPDIR:-/var/tmp}. Everything measured writes to
+# a fresh ext4 on a loop device there (unless --host-fs), which takes podman's
+# storage and configuration too, so the host's podman setup is neither used nor
 # changed.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -47,6 +50,7 @@ parallel=20
 big_layer=1
 keep=0
 priority=(nice -n -19)
+host_fs=0
 args=("$@")
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -69,8 +73,9 @@ while [ $# -gt 0 ]; do
 	--no-big-layer) big_layer=0 ;;
 	--keep) keep=1 ;;
 	--no-nice) priority=() ;;
+	--host-fs) host_fs=1 ;;
 	*)
-		sed -n '5,13p' "$0" >&2
+		sed -n '5,15p' "$0" >&2
 		exit 2
 		;;
 	esac
@@ -122,6 +127,11 @@ pull_images=(python:"$registry/library/python:3.12-alpine" node:"$registry/libra
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/agentkernel-bench.XXXXXX")
 results=$work/results
 mkdir -p "$results"
+# Everything measured writes below $data: by default a fresh ext4 with the
+# default mkfs options (journal, no discard) on a loop device with direct I/O, so
+# that results do not depend on the host filesystem's state and options.
+data=$work
+loop_device=
 cgroup_parents=(agentkernel-bench libpod_parent)
 declare -A cgroup_existed
 for name in "${cgroup_parents[@]}"; do
@@ -135,14 +145,16 @@ done
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
 	set +e
-	if command -v runc >/dev/null && [ -d "$work/runc/state" ]; then
-		for id in $(runc --root "$work/runc/state" list -q 2>/dev/null); do
-			runc --root "$work/runc/state" delete -f "$id"
+	if command -v runc >/dev/null && [ -d "$data/runc/state" ]; then
+		for id in $(runc --root "$data/runc/state" list -q 2>/dev/null); do
+			runc --root "$data/runc/state" delete -f "$id"
 		done
 	fi
 	findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r target; do
 		umount -l "$target"
 	done
+	# After a lazy unmount the device is detached when its last user closes it.
+	[ -z "$loop_device" ] || losetup -d "$loop_device"
 	for name in "${cgroup_parents[@]}"; do
 		[ -z "${cgroup_existed[$name]:-}" ] || continue
 		for dir in /sys/fs/cgroup/*/"$name" /sys/fs/cgroup/"$name"; do
@@ -157,6 +169,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$host_fs" = 0 ]; then
+	truncate -s 16G "$work/ext4.img"
+	mkfs.ext4 -q -F "$work/ext4.img"
+	loop_device=$(losetup --find --show --direct-io=on "$work/ext4.img")
+	data=$work/fs
+	mkdir "$data"
+	mount "$loop_device" "$data"
+fi
+
 # Prints its arguments as a JSON array of strings.
 json_array() {
 	python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@"
@@ -167,6 +188,18 @@ bench_py() {
 }
 
 # --- Machine description ------------------------------------------------------
+
+# Prints the type, device, journal and mount options of the filesystem of DIR.
+describe_filesystem() {
+	local device journal=no
+	device=$(findmnt -n -o SOURCE --target "$1")
+	if compgen -G "/proc/fs/jbd2/${device#/dev/}-*" >/dev/null; then
+		journal=a
+	fi
+	echo "$(findmnt -n -o FSTYPE --target "$1") on $device ($journal journal, mount options" \
+		"$(findmnt -n -o OPTIONS --target "$1"))"
+}
+
 machine_info() {
 	local cgroups memory versions
 	if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
@@ -178,19 +211,20 @@ machine_info() {
 		fi
 	fi
 	memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-	local device journal filesystem
-	device=$(findmnt -n -o SOURCE --target "$work")
-	journal="no journal"
-	if compgen -G "/proc/fs/jbd2/${device#/dev/}-*" >/dev/null; then
-		journal="journal"
+
+	local filesystem
+	filesystem="$(describe_filesystem "$data"), which holds agentkernel's --root, runc's bundle"
+	filesystem="$filesystem and state, podman's storage and the umoci bundles"
+	if [ -n "$loop_device" ]; then
+		filesystem="$filesystem; $loop_device reads and writes a file on $(describe_filesystem "$work")"
+		filesystem="$filesystem with direct I/O"
 	fi
-	filesystem="$(findmnt -n -o FSTYPE --target "$work") on $device ($journal, mount options"
-	filesystem="$filesystem $(findmnt -n -o OPTIONS --target "$work")) under $work, which holds"
-	filesystem="$filesystem agentkernel's --root, runc's bundle and state, podman's storage and the umoci bundles"
+
 	versions="$("$agentkernel" --version); runc $(runc --version | awk 'NR == 1 { print $3 }')"
 	versions="$versions; podman $(podman --version | awk '{ print $3 }'); crun $(crun --version | awk 'NR == 1 { print $3 }')"
 	versions="$versions; skopeo $(skopeo --version | awk '{ print $3 }'); umoci $(umoci --version | awk '{ print $3 }')"
 	versions="$versions; docker-registry $(dpkg-query -W -f='${Version}' docker-registry)"
+
 	jq -n \
 		--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
 		--arg commit "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')" \
@@ -213,20 +247,20 @@ machine_info() {
 # edited with jq to carry the settings of agentkernel's own config.json for that
 # profile, taken from a sandbox kept with `run --keep` and removed again.
 write_runc_bundle() {
-	local profile=$1 bundle=$work/runc/$1 name=bench-spec-$1
-	local kept=$work/ak-warm/sandboxes/$name
-	"$agentkernel" --root "$work/ak-warm" run --keep --name "$name" --profile "$profile" \
+	local profile=$1 bundle=$data/runc/$1 name=bench-spec-$1
+	local kept=$data/ak-warm/sandboxes/$name
+	"$agentkernel" --root "$data/ak-warm" run --keep --name "$name" --profile "$profile" \
 		--image "$busybox" true </dev/null >/dev/null
 	mkdir -p "$bundle/etc"
-	cp "$kept/config.json" "$work/runc/agentkernel-$profile.json"
+	cp "$kept/config.json" "$data/runc/agentkernel-$profile.json"
 	cp "$kept"/etc/* "$bundle/etc/"
-	"$agentkernel" --root "$work/ak-warm" rm "$name" >/dev/null
+	"$agentkernel" --root "$data/ak-warm" rm "$name" >/dev/null
 	(cd "$bundle" && runc spec)
 	# agentkernel's spec stores the mask of SCMP_CMP_MASKED_EQ in valueTwo, which
-	# libcontainer 0.7 reads as the mask; runc reads `value` as the mask, so the
+	# libcontainer 0.7 reads as the mask. runc reads `value` as the mask, so the
 	# two are swapped for runc.
-	jq --slurpfile agentkernel "$work/runc/agentkernel-$profile.json" \
-		--arg rootfs "$work/runc/bundle/rootfs" --arg etc "$bundle/etc" \
+	jq --slurpfile agentkernel "$data/runc/agentkernel-$profile.json" \
+		--arg rootfs "$data/runc/bundle/rootfs" --arg etc "$bundle/etc" \
 		--arg cgroup "/agentkernel-bench/runc-$profile" '
 		def swap_masked: if .op == "SCMP_CMP_MASKED_EQ"
 			then {index, op, value: (.valueTwo // 0), valueTwo: (.value // 0)} else . end;
@@ -242,24 +276,24 @@ write_runc_bundle() {
 		' "$bundle/config.json" >"$bundle/config.json.new"
 	mv "$bundle/config.json.new" "$bundle/config.json"
 	# Mount points of the /etc bind mounts, so runc does not create them in the shared rootfs.
-	touch "$work/runc/bundle/rootfs/etc/hosts" "$work/runc/bundle/rootfs/etc/hostname" \
-		"$work/runc/bundle/rootfs/etc/resolv.conf"
+	touch "$data/runc/bundle/rootfs/etc/hosts" "$data/runc/bundle/rootfs/etc/hostname" \
+		"$data/runc/bundle/rootfs/etc/resolv.conf"
 }
 
 prepare_runc() {
-	mkdir -p "$work/runc/state"
-	skopeo copy -q --src-tls-verify=false "docker://$busybox" "oci:$work/runc/oci:busybox"
-	umoci unpack --image "$work/runc/oci:busybox" "$work/runc/bundle" >/dev/null
+	mkdir -p "$data/runc/state"
+	skopeo copy -q --src-tls-verify=false "docker://$busybox" "oci:$data/runc/oci:busybox"
+	umoci unpack --image "$data/runc/oci:busybox" "$data/runc/bundle" >/dev/null
 	write_runc_bundle moderate
 	write_runc_bundle restrictive
 }
 
 # Writes podman's configuration, which keeps its storage and temporary files
-# under $work. registries.conf marks the loopback registry as plain HTTP.
+# under $data. registries.conf marks the loopback registry as plain HTTP.
 # containers.conf turns off networking and lowers the default ulimits, because
 # podman's defaults fail with setrlimit EPERM on a host without CAP_SYS_RESOURCE.
 prepare_podman() {
-	local dir=$work/podman
+	local dir=$data/podman
 	mkdir -p "$dir/tmp"
 	printf '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n' \
 		"$dir/root" "$dir/runroot" >"$dir/storage.conf"
@@ -319,21 +353,21 @@ record_offcpu() {
 }
 
 measure_warm() {
-	local ak_root=$work/ak-warm commands=()
+	local ak_root=$data/ak-warm commands=()
 	log "warm runs: preparing agentkernel, runc and podman"
 	"$agentkernel" --root "$ak_root" pull "$busybox" >/dev/null
-	# The same on a tmpfs, which shows what the root filesystem costs each run.
-	mkdir -p "$work/tmpfs"
-	mount -t tmpfs -o size=512m,mode=0700 agentkernel-bench "$work/tmpfs"
-	"$agentkernel" --root "$work/tmpfs/ak" pull "$busybox" >/dev/null
+	# A second cache on a tmpfs shows what the filesystem of --root costs each run.
+	mkdir -p "$data/tmpfs"
+	mount -t tmpfs -o size=512m,mode=0700 agentkernel-bench "$data/tmpfs"
+	"$agentkernel" --root "$data/tmpfs/ak" pull "$busybox" >/dev/null
 	prepare_runc
 	prepare_podman
 
 	local moderate=("$agentkernel" --root "$ak_root" run --image "$busybox" true)
 	local restrictive=("$agentkernel" --root "$ak_root" run --profile restrictive --image "$busybox" true)
-	local moderate_tmpfs=("$agentkernel" --root "$work/tmpfs/ak" run --image "$busybox" true)
-	local runc_moderate=(runc --root "$work/runc/state" run --bundle "$work/runc/moderate" bench-moderate)
-	local runc_restrictive=(runc --root "$work/runc/state" run --bundle "$work/runc/restrictive" bench-restrictive)
+	local moderate_tmpfs=("$agentkernel" --root "$data/tmpfs/ak" run --image "$busybox" true)
+	local runc_moderate=(runc --root "$data/runc/state" run --bundle "$data/runc/moderate" bench-moderate)
+	local runc_restrictive=(runc --root "$data/runc/state" run --bundle "$data/runc/restrictive" bench-restrictive)
 	local podman_run=(unshare -m --propagation private sh -c
 		"$(podman_script podman run --rm --network none --memory 512m --cpus 1 --pids-limit 1024 "$busybox" true)")
 	local wrapper=(unshare -m --propagation private sh -c "$(podman_script true)")
@@ -371,7 +405,9 @@ measure_warm() {
 	if command -v perf >/dev/null &&
 		perf record -q -a -e sched:sched_switch -o "$work/perf-check.data" -- true 2>/dev/null; then
 		log "warm runs: off-CPU time with perf (sched:sched_switch, system-wide)"
-		record_offcpu agentkernel '^(agentkernel|youki:)' "${moderate[@]}"
+		# The thread names and the commands that agentkernel starts for the network.
+		record_offcpu agentkernel '^(agentkernel|youki:|sandbox-|ip$|nsenter$|iptables|xtables)' \
+			"${moderate[@]}"
 		record_offcpu runc '^(runc|exe$)' "${runc_moderate[@]}"
 	else
 		log "perf cannot record sched:sched_switch here; the off-CPU tables are left out"
@@ -392,30 +428,48 @@ measure_pulls() {
 		image=${entry%%:*}
 		reference=${entry#*:}
 		commands+=("$(jq -cn --arg name "ak-pull-$image" \
-			--arg prepare "rm -rf '$work/ak-pull' && mkdir '$work/ak-pull'" \
-			--argjson argv "$(json_array "$agentkernel" --root "$work/ak-pull" pull "$reference")" \
+			--arg prepare "rm -rf '$data/ak-pull' && mkdir '$data/ak-pull'" \
+			--argjson argv "$(json_array "$agentkernel" --root "$data/ak-pull" pull "$reference")" \
 			'{name: $name, prepare: $prepare, argv: $argv}')")
 		commands+=("$(jq -cn --arg name "podman-pull-$image" \
 			--arg prepare "podman rmi -a -f >/dev/null" \
 			--argjson argv "$(json_array podman pull -q "$reference")" \
 			'{name: $name, prepare: $prepare, argv: $argv}')")
 		commands+=("$(jq -cn --arg name "skopeo-umoci-$image" \
-			--arg prepare "rm -rf '$work/umoci' && mkdir '$work/umoci'" \
-			--arg script "skopeo copy -q --src-tls-verify=false 'docker://$reference' 'oci:$work/umoci/oci:image' && umoci unpack --image '$work/umoci/oci:image' '$work/umoci/bundle' >/dev/null" \
+			--arg prepare "rm -rf '$data/umoci' && mkdir '$data/umoci'" \
+			--arg script "skopeo copy -q --src-tls-verify=false 'docker://$reference' 'oci:$data/umoci/oci:image' && umoci unpack --image '$data/umoci/oci:image' '$data/umoci/bundle' >/dev/null" \
 			'{name: $name, prepare: $prepare, argv: ["sh", "-c", $script]}')")
 	done
 	printf '%s\n' "${commands[@]}" | jq -s --arg runs "$runs" --arg warmups "$warmups" \
 		'{group: "pull", runs: ($runs | tonumber), warmups: ($warmups | tonumber), commands: .}' \
 		>"$work/pull-spec.json"
 	bench_py time "$work/pull-spec.json" "$results/pull.json"
+	count_sync_calls
 	podman rmi -a -f >/dev/null || true
-	rm -rf "$work/ak-pull" "$work/umoci"
+	rm -rf "$data/ak-pull" "$data/umoci"
+}
+
+# Counts the fsync-family system calls of one more pull of the python image by
+# each tool (strace -c -f), into $results/sync-NAME.txt.
+count_sync_calls() {
+	local command name
+	local -a argv
+	log "cold pulls: fsync-family calls of one python pull per tool (strace)"
+	while IFS= read -r command; do
+		name=$(jq -r .name <<<"$command")
+		[[ $name == *-python ]] || continue
+		bash -c "$(jq -r .prepare <<<"$command")"
+		mapfile -t argv < <(jq -r '.argv[]' <<<"$command")
+		strace -f -c -e trace=fsync,fdatasync,syncfs,sync_file_range,sync \
+			-o "$results/sync-$name.txt" "${argv[@]}" </dev/null >/dev/null 2>&1 ||
+			log "$name failed under strace"
+	done < <(jq -c '.commands[]' "$work/pull-spec.json")
 }
 
 # --- 3. 1 GiB layer -------------------------------------------------------------
 
-# Prints the path of a cached OCI layout with the tag `big`: one layer that
-# holds /big.bin, 1 GiB from /dev/urandom, so gzip cannot shrink it.
+# Prints the path of a cached OCI layout with the tag `big`. Its one layer
+# contains /big.bin, 1 GiB from /dev/urandom, which gzip cannot shrink.
 big_layout() {
 	local cache=${AGENTKERNEL_BENCH_CACHE:-/var/cache/agentkernel-bench}
 	local layout=$cache/big-1g tmp
@@ -442,12 +496,12 @@ measure_big() {
 	layout=$(big_layout)
 	log "pushing the 1 GiB layer image to $reference"
 	skopeo copy -q --dest-tls-verify=false "oci:$layout:big" "docker://$reference"
-	jq -n --arg prepare "rm -rf '$work/ak-big' && mkdir '$work/ak-big'" \
-		--argjson argv "$(json_array "$agentkernel" --root "$work/ak-big" pull "$reference")" \
+	jq -n --arg prepare "rm -rf '$data/ak-big' && mkdir '$data/ak-big'" \
+		--argjson argv "$(json_array "$agentkernel" --root "$data/ak-big" pull "$reference")" \
 		'{group: "big", runs: 3, warmups: 1, commands: [
 			{name: "ak-pull-big", prepare: $prepare, argv: $argv}]}' >"$work/big-spec.json"
 	bench_py time "$work/big-spec.json" "$results/big.json"
-	rm -rf "$work/ak-big"
+	rm -rf "$data/ak-big"
 }
 
 # --- 4. Parallel runs -----------------------------------------------------------
@@ -455,17 +509,21 @@ measure_big() {
 measure_parallel() {
 	log "$parallel parallel runs, 3 rounds"
 	bench_py parallel "$results/parallel.json" "$parallel" 3 -- \
-		"$agentkernel" --root "$work/ak-warm" run --image "$busybox" true
+		"$agentkernel" --root "$data/ak-warm" run --image "$busybox" true
 }
 
 write_notes() {
 	local seccomp
-	seccomp=$("$agentkernel" --root "$work/ak-warm" run --image "$busybox" \
+	seccomp=$("$agentkernel" --root "$data/ak-warm" run --image "$busybox" \
 		sh -c 'grep "^Seccomp:" /proc/self/status' </dev/null 2>&1 | tr -s '\t ' ' ') ||
 		seccomp="unknown: the check failed"
+	local runc_seccomp="has no seccomp filter"
+	if jq -e '.linux.seccomp' "$data/runc/moderate/config.json" >/dev/null 2>&1; then
+		runc_seccomp="has the same filter, copied from agentkernel's spec"
+	fi
 	{
 		echo "- agentkernel's sandbox reports \`${seccomp}\` (0: no seccomp filter, 2: a filter);"
-		echo "  the runc bundle has no seccomp filter."
+		echo "  the runc bundle $runc_seccomp."
 		cat <<-'EOF'
 			- agentkernel runs from the image cache in a `--root` under the work directory, pulled
 			  once before the timed runs. Each run mounts an overlay over the cached layers and
@@ -496,6 +554,10 @@ write_notes() {
 			  uncounted `podman rmi -a -f`, each skopeo copy + umoci unpack goes to empty
 			  directories. All read from the same registry on 127.0.0.1 and write to the same
 			  filesystem; the registry's blobs are in the page cache after the warm-up rounds.
+			- Everything measured writes to the filesystem named under "Machine": by default a
+			  fresh ext4 made with mkfs.ext4's defaults on a loop device, so that the host
+			  filesystem's options and recent deletions do not enter the numbers (`--host-fs`
+			  measures on the host filesystem instead).
 			- Everything measured runs at nice -19 (unless `--no-nice`), so that other processes
 			  on the machine take less CPU time from the measured commands; the disk is still
 			  shared with them.
