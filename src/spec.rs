@@ -159,7 +159,7 @@ pub fn build_spec(input: &SpecInput) -> anyhow::Result<Spec> {
                 .with_context(|| format!("invalid limits for {:?}", input.profile))?,
         )
         .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
+        .readonly_paths(readonly_paths())
         .seccomp(seccomp)
         .build()?;
 
@@ -353,6 +353,42 @@ fn device_rules() -> anyhow::Result<Vec<LinuxDeviceCgroup>> {
         rules.push(builder.build()?);
     }
     Ok(rules)
+}
+
+/// Cgroup v1 controller mount points inside the container.
+///
+/// libcontainer 0.7 mounts each v1 controller of the sandbox's cgroup at
+/// `/sys/fs/cgroup/<controller>` without applying the spec's `ro` option, so a process in
+/// the sandbox could write `memory.limit_in_bytes` or `pids.max` and lift its own limits.
+/// Listing them as read-only paths makes libcontainer remount each one read-only after
+/// the mounts are made; paths that do not exist (v2 hosts, absent controllers) are skipped.
+const CGROUP_V1_CONTROLLERS: &[&str] = &[
+    "blkio",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "freezer",
+    "hugetlb",
+    "memory",
+    "misc",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "pids",
+    "rdma",
+    "systemd",
+    "unified",
+];
+
+/// runc's read-only paths, plus the cgroup file system and each v1 controller under it.
+fn readonly_paths() -> Vec<String> {
+    let mut paths = get_default_readonly_paths();
+    paths.push("/sys/fs/cgroup".to_owned());
+    for controller in CGROUP_V1_CONTROLLERS {
+        paths.push(format!("/sys/fs/cgroup/{controller}"));
+    }
+    paths
 }
 
 fn etc_mounts(etc_dir: Option<&Path>) -> anyhow::Result<Vec<Mount>> {

@@ -231,3 +231,31 @@ fn profile_limits_reach_the_cgroup() {
         );
     }
 }
+
+#[test]
+fn cgroup_limits_are_read_only_inside() {
+    let Some(env) = env() else { return };
+    let busybox = image(&env, "busybox:amd64-only");
+    for profile in ["permissive", "moderate", "restrictive"] {
+        let result = run(
+            &env,
+            &[
+                "--image",
+                &busybox,
+                "--profile",
+                profile,
+                "sh",
+                "-c",
+                "for f in pids/pids.max memory/memory.limit_in_bytes cpu/cpu.cfs_quota_us; do \
+                 echo -1 2>/dev/null > /sys/fs/cgroup/$f && echo wrote $f; done; \
+               cat /sys/fs/cgroup/pids/pids.max",
+            ],
+        );
+        let expected = match profile {
+            "permissive" => "4096\n",
+            "moderate" => "1024\n",
+            _ => "256\n",
+        };
+        assert_eq!(result.stdout, expected, "{profile}: {}", result.stderr);
+    }
+}
