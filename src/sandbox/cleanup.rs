@@ -64,10 +64,21 @@ fn delete_container(state_root: &Path, id: &str) -> anyhow::Result<()> {
     match Container::load(state_dir.clone()) {
         Ok(mut container) => match container.delete(true) {
             Ok(()) => Ok(()),
-            // The running `agentkernel` process deleted it at the same time.
-            Err(_) if !state_dir.exists() => Ok(()),
-            Err(error) => Err(anyhow::Error::new(error))
-                .with_context(|| format!("failed to delete container {id}")),
+            Err(error) => {
+                // The running `agentkernel` process may be deleting the same container, and
+                // libcontainer fails when a cgroup vanishes under it: let that finish.
+                for _ in 0..100 {
+                    if !state_dir.exists() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                // Nothing else removed it, so finish by hand: `remove_cgroups` kills what
+                // is left in the cgroups.
+                tracing::warn!(%id, error = %error, "removing container state after a failed delete");
+                std::fs::remove_dir_all(&state_dir)
+                    .with_context(|| format!("failed to delete container {id}: {error}"))
+            }
         },
         Err(error) => {
             // The state was never completely written; the cgroups are removed separately.

@@ -85,8 +85,14 @@ pub(super) fn launch(
 
     let delete_started = Instant::now();
     if let Err(error) = container.delete(true) {
-        // A concurrent `remove` of this sandbox may have deleted the state first.
-        if request.state_root.join(request.id).exists() {
+        // A concurrent `remove` of this sandbox may be deleting the state at the same time;
+        // it finishes within its own one-second wait.
+        let state_dir = request.state_root.join(request.id);
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while state_dir.exists() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if state_dir.exists() {
             return Err(libcontainer_error(error, "failed to delete the container"));
         }
     }
