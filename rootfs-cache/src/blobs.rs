@@ -23,7 +23,7 @@ pub enum BlobError {
         /// The digest of the bytes received.
         actual: Digest,
     },
-    /// The blob is longer or shorter than its descriptor says.
+    /// The blob is longer or shorter than the size in its descriptor.
     #[error("size mismatch for blob {digest}: descriptor says {expected} bytes, got {actual}")]
     SizeMismatch {
         /// The blob's digest.
@@ -36,7 +36,7 @@ pub enum BlobError {
     /// A file system operation on the store failed.
     #[error("{operation} {path}: {source}")]
     Io {
-        /// What was being done, e.g. `write`.
+        /// The operation that failed, e.g. `write`.
         operation: &'static str,
         /// The file or directory involved.
         path: PathBuf,

@@ -24,7 +24,7 @@ pub struct ImageReference {
 pub struct ReferenceError {
     /// The text as the user gave it.
     pub reference: String,
-    /// What is wrong with it.
+    /// The reason it was rejected.
     pub reason: String,
 }
 
@@ -97,7 +97,7 @@ impl fmt::Display for ImageReference {
 
 /// Reports whether `registry` (a `host` or `host:port`) is on the loopback interface.
 ///
-/// Docker talks plain HTTP to such registries without being told, and so does this crate.
+/// Docker falls back to plain HTTP for such registries without configuration, and so does this crate.
 pub fn is_loopback_registry(registry: &str) -> bool {
     let host = match registry.rsplit_once(':') {
         // A bracketed IPv6 literal, with or without a port.
