@@ -80,6 +80,14 @@ impl std::str::FromStr for Volume {
         }
         let host = std::path::absolute(host)
             .map_err(|error| format!("invalid volume {text:?}: {error}"))?;
+        // Checked here so the error names the volume; libcontainer only reports that the
+        // rootfs could not be prepared.
+        if !host.exists() {
+            return Err(format!(
+                "invalid volume {text:?}: the host path {} does not exist",
+                host.display()
+            ));
+        }
         Ok(Volume {
             host,
             container: container.to_string(),
@@ -292,15 +300,20 @@ mod tests {
 
     #[test]
     fn volume_syntax() {
-        let volume: Volume = "/data:/mnt/data:ro".parse().unwrap();
-        assert_eq!(volume.host, PathBuf::from("/data"));
+        let volume: Volume = "/etc:/mnt/data:ro".parse().unwrap();
+        assert_eq!(volume.host, PathBuf::from("/etc"));
         assert_eq!(volume.container, "/mnt/data");
         assert!(volume.read_only);
-        let volume: Volume = "/data:/data".parse().unwrap();
+        let volume: Volume = "/tmp:/data".parse().unwrap();
         assert!(!volume.read_only);
-        assert!("/data".parse::<Volume>().is_err());
-        assert!("/data:relative".parse::<Volume>().is_err());
-        assert!("/data:/x:rx".parse::<Volume>().is_err());
+        assert!("/etc".parse::<Volume>().is_err());
+        assert!("/etc:relative".parse::<Volume>().is_err());
+        assert!("/etc:/x:rx".parse::<Volume>().is_err());
+        let missing = "/no/such/host/dir:/x".parse::<Volume>().unwrap_err();
+        assert!(
+            missing.contains("/no/such/host/dir does not exist"),
+            "{missing}"
+        );
     }
 
     #[test]
