@@ -65,13 +65,26 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            let code = match error.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                // Usage errors are agentkernel's own failures, as with `docker run`.
-                _ => EXIT_AGENTKERNEL_FAILED,
+            return match error.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = error.print();
+                    if error.kind()
+                        == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                    {
+                        EXIT_AGENTKERNEL_FAILED
+                    } else {
+                        0
+                    }
+                }
+                // Usage errors are agentkernel's own failures, as with `docker run`, and are
+                // reported on one line like the others.
+                _ => {
+                    eprintln!("agentkernel: {} (see --help)", usage_error_line(&error));
+                    EXIT_AGENTKERNEL_FAILED
+                }
             };
-            let _ = error.print();
-            return code;
         }
     };
     init_logging(cli.debug);
@@ -89,6 +102,22 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(error) => errors::report(&error, None),
     }
+}
+
+/// Joins the lines of a clap error before its usage and help footer into one line.
+fn usage_error_line(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    parts.join(" ")
 }
 
 fn init_logging(debug: bool) {
@@ -162,6 +191,19 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("docker"), "{text}");
         assert!(text.contains("native"), "{text}");
+    }
+
+    #[test]
+    fn usage_errors_fit_one_line() {
+        let error = parse(&["run", "--runtime", "docker", "true"]).unwrap_err();
+        let line = usage_error_line(&error);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("invalid value 'docker'"), "{line}");
+        assert!(line.contains("[possible values: native]"), "{line}");
+        let missing = parse(&["run", "--image", "busybox"]).unwrap_err();
+        let line = usage_error_line(&missing);
+        assert!(line.contains("<COMMAND>"), "{line}");
+        assert!(!line.contains("Usage"), "{line}");
     }
 
     #[test]
