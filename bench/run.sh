@@ -132,6 +132,9 @@ mkdir -p "$results"
 # that results do not depend on the host filesystem's state and options.
 data=$work
 loop_device=
+# podman rejects a runroot longer than 50 characters, so it gets its own short
+# directory.
+podman_runroot=$(mktemp -d /run/agentkernel-bench.XXXXXX)
 cgroup_parents=(agentkernel-bench libpod_parent)
 declare -A cgroup_existed
 for name in "${cgroup_parents[@]}"; do
@@ -150,9 +153,11 @@ cleanup() {
 			runc --root "$data/runc/state" delete -f "$id"
 		done
 	fi
-	findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r target; do
-		umount -l "$target"
-	done
+	findmnt -rn -o TARGET | grep -F -e "$work/" -e "$podman_runroot/" | sort -r |
+		while read -r target; do
+			umount -l "$target"
+		done
+	rm -rf "$podman_runroot"
 	# After a lazy unmount the device is detached when its last user closes it.
 	[ -z "$loop_device" ] || losetup -d "$loop_device"
 	for name in "${cgroup_parents[@]}"; do
@@ -296,7 +301,7 @@ prepare_podman() {
 	local dir=$data/podman
 	mkdir -p "$dir/tmp"
 	printf '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n' \
-		"$dir/root" "$dir/runroot" >"$dir/storage.conf"
+		"$dir/root" "$podman_runroot" >"$dir/storage.conf"
 	cat >"$dir/containers.conf" <<-EOF
 		[engine]
 		cgroup_manager = "cgroupfs"
