@@ -744,7 +744,7 @@ mod tests {
             memory_bytes: Some(268_435_456),
             cpus: Some(0.25),
             env: cmd(&["LANG=en_US.UTF-8", "EXTRA=1"]),
-            volumes: vec!["/srv/data:/data:ro".parse().unwrap()],
+            volumes: vec!["/etc:/data:ro".parse().unwrap()],
             workdir: Some("/data".into()),
             ..Overrides::default()
         };
@@ -779,7 +779,7 @@ mod tests {
             .iter()
             .find(|mount| mount.destination() == Path::new("/data"))
             .unwrap();
-        assert_eq!(data.source().as_deref(), Some(Path::new("/srv/data")));
+        assert_eq!(data.source().as_deref(), Some(Path::new("/etc")));
         assert!(data.options().as_ref().unwrap().contains(&"ro".to_string()));
 
         let relative = Overrides {
