@@ -62,7 +62,7 @@ pub enum StoreError {
         digest: Digest,
         /// The image reference.
         reference: String,
-        /// What is wrong with it.
+        /// The reason the document was rejected.
         reason: String,
     },
     /// The index has no manifest for this host's platform.
@@ -105,13 +105,13 @@ pub enum StoreError {
     Local {
         /// The source in text form, e.g. `oci:/srv/layout:app`.
         image: String,
-        /// What is wrong, naming the file inside the source.
+        /// The problem, naming the file inside the source.
         reason: String,
     },
     /// A file system operation on the store failed.
     #[error("{operation} {path}: {source}")]
     Io {
-        /// What was being done.
+        /// The operation that failed.
         operation: &'static str,
         /// The file or directory involved.
         path: PathBuf,
@@ -671,8 +671,8 @@ impl ImageStore {
         let staged = staging.keep();
         if let Err(e) = fs::rename(&staged, dir) {
             let _ = fs::remove_dir_all(&staged);
-            // A concurrent pull outside the lock cannot happen, but a complete layer left
-            // by an earlier run is as good as this one.
+            // Pulls hold the store's lock, so the only way the target can exist is a
+            // complete layer from an earlier pull, which is as good as this one.
             if !dir.join("layer.json").is_file() {
                 return Err(io_error("rename into place", dir)(e));
             }
