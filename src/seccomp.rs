@@ -5,6 +5,10 @@
 //! the x86 and x32 ABIs as well cost about 11 ms per container on a 2-core VM, and calls from
 //! other ABIs hit the filter's bad-architecture action (kill) instead.
 
+mod program;
+
+pub use program::Program;
+
 use std::collections::HashSet;
 use std::path::Path;
 

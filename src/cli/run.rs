@@ -54,8 +54,9 @@ pub struct RunArgs {
           require_equals = true, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub tty: Option<bool>,
 
-    /// Use the fast start path (on by default). Every run starts a new container on a
-    /// fresh writable layer over the cached image, so this flag changes nothing yet.
+    /// Use the fast start path (on by default): the seccomp filter is compiled once and cached
+    /// in <root>/seccomp; --fast=false compiles it in every sandbox. Every run gets a fresh
+    /// writable layer either way.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
           require_equals = true, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub fast: bool,
@@ -171,6 +172,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         keep: args.keep,
         tty,
         interactive: args.interactive,
+        seccomp_cache: args.fast.then(|| root.join("seccomp")),
     };
     let result = sandbox::run(request);
     if listed && (!args.keep || !sandbox_dir.exists()) {

@@ -17,6 +17,8 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::seccomp::Program;
+
 /// The workload of a container process, run by libcontainer after the namespaces, mounts,
 /// capabilities and (for an init) the seccomp filter are set up.
 ///
@@ -38,20 +40,33 @@ pub(super) enum SandboxExecutor {
     /// The sandbox init: it forks the command and supervises it as PID 1 (see [`supervise`]).
     /// The command runs with `execve`, the spec's environment, default signal actions and an
     /// empty signal mask. Validation is [`DefaultExecutor`]'s.
-    Command,
+    Command { filter: Option<Program> },
     /// The init of a kept sandbox: it runs no command, only reaps orphans, and stays until it is
     /// killed. Commands join the sandbox as [`SandboxExecutor::Tenant`] processes.
-    KeepAlive,
-    /// A process that joins a running sandbox (`agentkernel exec`). It installs `seccomp`, the
-    /// sandbox's filter, and then calls `execve` itself: libcontainer applies the filter only to
-    /// an init, because its tenant spec carries no `linux.seccomp`.
-    Tenant { seccomp: Option<LinuxSeccomp> },
+    KeepAlive { filter: Option<Program> },
+    /// A process that joins a running sandbox (`agentkernel exec`). It installs the sandbox's
+    /// filter, `filter` or else `seccomp`, and then calls `execve` itself: libcontainer applies
+    /// a spec's filter only to an init, because its tenant spec carries no `linux.seccomp`.
+    Tenant {
+        filter: Option<Program>,
+        seccomp: Option<LinuxSeccomp>,
+    },
 }
 
 impl Executor for SandboxExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         close_inherited_fds();
-        if let SandboxExecutor::KeepAlive = self {
+        // A precompiled filter replaces the spec's `linux.seccomp`, which libcontainer would
+        // otherwise have compiled and installed just before this call.
+        let (SandboxExecutor::Command { filter }
+        | SandboxExecutor::KeepAlive { filter }
+        | SandboxExecutor::Tenant { filter, .. }) = self;
+        if let Some(filter) = filter {
+            filter.install().map_err(|errno| {
+                ExecutorError::Other(format!("failed to install the seccomp filter: {errno}"))
+            })?;
+        }
+        if let SandboxExecutor::KeepAlive { .. } = self {
             set_signal_mask(!0);
             reap_forever();
         }
@@ -66,8 +81,8 @@ impl Executor for SandboxExecutor {
         let argv = null_terminated(&args);
         let envp = null_terminated(&env);
 
-        if let SandboxExecutor::Tenant { seccomp } = self {
-            if let Some(seccomp) = seccomp {
+        if let SandboxExecutor::Tenant { filter, seccomp } = self {
+            if let (None, Some(seccomp)) = (filter, seccomp) {
                 libcontainer::seccomp::initialize_seccomp(seccomp).map_err(|error| {
                     ExecutorError::Other(format!("failed to install the seccomp filter: {error}"))
                 })?;
@@ -95,7 +110,7 @@ impl Executor for SandboxExecutor {
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         match self {
-            SandboxExecutor::KeepAlive => Ok(()),
+            SandboxExecutor::KeepAlive { .. } => Ok(()),
             _ => DefaultExecutor {}.validate(spec),
         }
     }

@@ -20,6 +20,7 @@ use super::stdio::{PendingCapture, StdioFds, StdioMode};
 use super::terminal::Terminal;
 use super::{RunError, RunOutcome, Timings, network};
 use crate::profile::NetworkMode;
+use crate::seccomp::Program;
 
 /// The prepared bundle of one container.
 pub(super) struct LaunchRequest<'a> {
@@ -36,7 +37,13 @@ pub(super) struct LaunchRequest<'a> {
     pub memory_limit: Option<u64>,
     /// Socket that receives the pseudo-terminal master when the spec sets `terminal`.
     pub console_socket: Option<&'a Path>,
+    /// Precompiled seccomp filter that the init installs; the spec then has no `linux.seccomp`.
+    pub filter: Option<&'a Program>,
 }
+
+/// File in the bundle of a kept sandbox that holds its precompiled seccomp filter, which every
+/// `exec` installs.
+pub(super) const FILTER_FILE: &str = "seccomp.bpf";
 
 /// Creates the container, starts it, waits for it and deletes it.
 ///
@@ -52,7 +59,14 @@ pub(super) fn launch(
         Some(_) => (StdioFds::null()?, PendingCapture::none()),
         None => stdio.open()?,
     };
-    let (mut container, pid) = build_init(request, SandboxExecutor::Command, fds, &mut timings)?;
+    let (mut container, pid) = build_init(
+        request,
+        SandboxExecutor::Command {
+            filter: request.filter.cloned(),
+        },
+        fds,
+        &mut timings,
+    )?;
 
     let capture = pending_capture.start()?;
     let relay = match terminal.map(Terminal::attach).transpose() {
@@ -135,7 +149,14 @@ pub(super) fn launch_kept(
 ) -> Result<RunOutcome, RunError> {
     let mut timings = Timings::default();
     let fds = StdioFds::null()?;
-    let (mut container, pid) = build_init(request, SandboxExecutor::KeepAlive, fds, &mut timings)?;
+    let (mut container, pid) = build_init(
+        request,
+        SandboxExecutor::KeepAlive {
+            filter: request.filter.cloned(),
+        },
+        fds,
+        &mut timings,
+    )?;
     let start_started = Instant::now();
     let started = start_kept(&mut container, pid, request.network);
     if let Err(error) = started {
@@ -200,6 +221,11 @@ pub(super) fn exec(
         .linux()
         .as_ref()
         .and_then(|linux| linux.seccomp().clone());
+    let filter_file = target.bundle.join(FILTER_FILE);
+    let filter = match filter_file.exists() {
+        true => Some(Program::read(&filter_file)?),
+        false => None,
+    };
     let process_file = ProcessFile::write(target.bundle, &process)?;
 
     let (fds, pending_capture) = match terminal {
@@ -207,7 +233,7 @@ pub(super) fn exec(
         None => stdio.open()?,
     };
     let mut builder = ContainerBuilder::new(target.id.to_string(), SyscallType::default())
-        .with_executor(SandboxExecutor::Tenant { seccomp })
+        .with_executor(SandboxExecutor::Tenant { filter, seccomp })
         .with_root_path(target.state_root)
         .map_err(|error| libcontainer_error(error, "invalid state directory"))?;
     if terminal.is_none() {

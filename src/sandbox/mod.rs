@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::profile::{Overrides, Profile};
+use crate::seccomp::Program;
 use crate::spec::{ImageRunConfig, SpecInput, build_spec};
 pub use cleanup::remove;
 pub use lifecycle::{ExecOptions, collect_orphans, exec, list, remove_all, remove_sandbox};
@@ -78,6 +79,9 @@ pub struct SandboxRequest {
     /// `Some(true)` passes stdin even when it is a terminal, `Some(false)` gives `/dev/null`;
     /// `None` passes pipes and files only, or relays a terminal when `tty` is set.
     pub interactive: Option<bool>,
+    /// Directory of precompiled seccomp filters, such as `<root>/seccomp`. With `None`
+    /// libcontainer compiles the spec's filter in the sandbox's init on every start.
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 /// Failure of [`run`].
@@ -262,6 +266,7 @@ fn prepare_and_launch(
     if let Some(process) = spec.process_mut() {
         process.set_terminal(Some(terminal.is_some() && !request.keep));
     }
+    let filter = precompile_filter(request, &mut spec, &sandbox_dir)?;
     let config = sandbox_dir.join("config.json");
     spec.save(&config)
         .with_context(|| format!("failed to write {}", config.display()))?;
@@ -279,6 +284,7 @@ fn prepare_and_launch(
             true => None,
             false => terminal.as_ref().map(Terminal::socket_path),
         },
+        filter: filter.as_ref(),
     };
     let mut outcome = match request.keep {
         true => launch::launch_kept(&launch_request, stdio, terminal.as_ref())?,
@@ -286,6 +292,39 @@ fn prepare_and_launch(
     };
     outcome.timings.prepare = prepare;
     Ok(outcome)
+}
+
+/// Moves the spec's seccomp filter into a precompiled [`Program`] from the request's cache, when
+/// it has one and the filter allows it, and saves the program in a kept sandbox's directory for
+/// `exec`.
+fn precompile_filter(
+    request: &SandboxRequest,
+    spec: &mut libcontainer::oci_spec::runtime::Spec,
+    sandbox_dir: &Path,
+) -> anyhow::Result<Option<Program>> {
+    let Some(cache) = &request.seccomp_cache else {
+        return Ok(None);
+    };
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(None);
+    };
+    let Some(seccomp) = linux.seccomp() else {
+        return Ok(None);
+    };
+    let Some(program) = Program::cached(cache, seccomp).with_context(|| {
+        format!(
+            "failed to prepare the seccomp filter in {}",
+            cache.display()
+        )
+    })?
+    else {
+        return Ok(None);
+    };
+    linux.set_seccomp(None);
+    if request.keep {
+        program.write(&sandbox_dir.join(launch::FILTER_FILE))?;
+    }
+    Ok(Some(program))
 }
 
 /// Creates the sandbox directory with its `sandbox.json` and returns its absolute path and the

@@ -394,15 +394,27 @@ fn seccomp_denies_namespace_clone() {
         return;
     }
     let env = TestEnv::new();
-    // busybox's unshare calls unshare(2); a user namespace needs no capability, so only the
-    // filter rejects it. The pipeline forks, which the clone rule must allow.
-    let (status, stdout, stderr) = run_text(env.request(
-        &sh("echo forked | cat; unshare -U true; echo $?; grep Seccomp: /proc/self/status"),
-        Profile::Moderate,
-    ));
-    assert_eq!(status, 0, "{stderr}");
-    assert_eq!(stdout, "forked\n1\nSeccomp:\t2\n");
-    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    // The precompiled filter and libcontainer's own compilation of the spec must agree.
+    for cache in [Some(env.dir.path().join("seccomp")), None] {
+        // busybox's unshare calls unshare(2); a user namespace needs no capability, so only
+        // the filter rejects it. The pipeline forks, which the clone rule must allow.
+        let mut request = env.request(
+            &sh("echo forked | cat; unshare -U true; echo $?; grep Seccomp: /proc/self/status"),
+            Profile::Moderate,
+        );
+        request.seccomp_cache = cache.clone();
+        let (status, stdout, stderr) = run_text(request);
+        assert_eq!(status, 0, "{cache:?}: {stderr}");
+        assert_eq!(stdout, "forked\n1\nSeccomp:\t2\n", "{cache:?}");
+        assert!(
+            stderr.contains("Operation not permitted"),
+            "{cache:?}: {stderr}"
+        );
+    }
+    let cached = std::fs::read_dir(env.dir.path().join("seccomp"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1);
 }
 
 #[test]
@@ -843,6 +855,7 @@ fn remove_cleans_after_killed_process() {
             keep: false,
             tty: false,
             interactive: None,
+            seccomp_cache: None,
         };
         run_text(request);
         panic!("the victim run was expected to be killed");

@@ -87,6 +87,7 @@ impl TestEnv {
             keep: false,
             tty: false,
             interactive: None,
+            seccomp_cache: Some(self.dir.path().join("seccomp")),
         }
     }
 }
