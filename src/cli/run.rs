@@ -110,6 +110,7 @@ pub struct RunArgs {
 
 /// Runs the command and returns its exit code (or 125 when agentkernel fails).
 pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    sandbox::cgroup_warmup::start();
     let config = Config::load(args.config.as_deref())?;
     super::sandboxes::collect_orphans(root);
     let id = sandbox_id(&args, &config)?;

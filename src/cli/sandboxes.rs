@@ -50,6 +50,7 @@ pub struct RmArgs {
 
 /// Runs the command in the sandbox and returns its exit code (or 125 when agentkernel fails).
 pub fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
+    sandbox::cgroup_warmup::start();
     collect_orphans(root);
     let tty = use_tty(args.tty, args.interactive)?;
     let options = ExecOptions {

@@ -7,6 +7,7 @@
 //! arena or the standard library's environment lock) stays locked in the child, which can then
 //! hang. Call [`run`] before starting other threads, such as an async runtime.
 
+pub mod cgroup_warmup;
 mod cleanup;
 mod etc_files;
 mod executor;
