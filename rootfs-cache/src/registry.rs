@@ -185,6 +185,7 @@ impl RegistryClient {
             .client()
             .pull_manifest_raw(&target, &self.auth, MANIFEST_MEDIA_TYPES)
             .await;
+        let mut operation = "fetch manifest";
         if self.scheme == Scheme::HttpsThenHttp
             && !self.use_http.load(std::sync::atomic::Ordering::Relaxed)
             && result.as_ref().is_err_and(is_transport_error)
@@ -201,7 +202,9 @@ impl RegistryClient {
                 }
                 // An HTTPS-only registry rejects plain HTTP with 400, and a dead one fails
                 // both ways: the HTTPS error explains more in both cases.
-                Err(error) if is_transport_error(&error) || is_status(&error, 400) => {}
+                Err(error) if is_transport_error(&error) || is_status(&error, 400) => {
+                    operation = "fetch manifest (over HTTPS, then plain HTTP)";
+                }
                 Err(error) => result = Err(error),
             }
         }
@@ -214,7 +217,7 @@ impl RegistryClient {
                 source: BlobError::DigestMismatch { expected, actual },
             },
             None => RegistryError::Request {
-                operation: "fetch manifest",
+                operation,
                 target: reference.to_string(),
                 registry: self.endpoint.clone(),
                 source,

@@ -61,8 +61,13 @@ impl Files {
         }
         file.rewind()
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let members = index_members(file)
-            .map_err(|e| format!("invalid tar archive {}: {e}", path.display()))?;
+        let members = index_members(file).map_err(|e| {
+            format!(
+                "invalid tar archive {}: {}",
+                path.display(),
+                printable_prefix(&e.to_string())
+            )
+        })?;
         Ok(Files::Tar {
             path: path.to_owned(),
             members,
@@ -191,9 +196,37 @@ pub(crate) fn normalise(path: &str) -> Option<String> {
     }
 }
 
+/// Returns `message` without the part that quotes binary data: when it contains a character
+/// that is not printable ASCII, it is cut at the last `": "` before that character. The tar
+/// crate quotes header bytes in some messages, which for a file that is not a tar archive are
+/// arbitrary binary.
+fn printable_prefix(message: &str) -> &str {
+    match message.find(|c: char| !(c.is_ascii_graphic() || c == ' ')) {
+        Some(binary) => match message[..binary].rfind(": ") {
+            Some(cut) => &message[..cut],
+            None => &message[..binary],
+        },
+        None => message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_in_tar_errors_is_cut() {
+        assert_eq!(
+            printable_prefix(
+                "numeric field did not have utf-8 text: V\u{fffd}7 when getting cksum"
+            ),
+            "numeric field did not have utf-8 text"
+        );
+        assert_eq!(
+            printable_prefix("failed to read entire block"),
+            "failed to read entire block"
+        );
+    }
 
     fn archive(dir: &Path) -> PathBuf {
         let path = dir.join("a.tar");
