@@ -3,6 +3,10 @@
 //! A blob enters the store only through [`BlobWriter::commit`], which checks its size and
 //! digest, syncs it to disk and renames it into place. A crash or a failed check leaves at
 //! most a file under `blobs/tmp/`, which no lookup ever reads.
+//!
+//! A writer holds an exclusive `flock` on its file in `blobs/tmp/` until the file is
+//! renamed or deleted, so an unlocked file there belongs to no live process and
+//! [`crate::ImageStore::pull`] removes it.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -105,10 +109,25 @@ impl BlobStore {
 
     /// Starts writing the blob `digest`; `size` is the descriptor's size, when known.
     pub fn writer(&self, digest: &Digest, size: Option<u64>) -> Result<BlobWriter, BlobError> {
-        let temp = tempfile::Builder::new()
-            .prefix(digest.encoded())
-            .tempfile_in(self.dir.join("tmp"))
-            .map_err(io_error("create temporary file in", &self.dir.join("tmp")))?;
+        let dir = self.dir.join("tmp");
+        let mut attempts = 0;
+        let temp = loop {
+            let temp = tempfile::Builder::new()
+                .prefix(digest.encoded())
+                .tempfile_in(&dir)
+                .map_err(io_error("create temporary file in", &dir))?;
+            if lock_temporary(temp.as_file()).map_err(io_error("lock", temp.path()))? {
+                break temp;
+            }
+            attempts += 1;
+            if attempts == MAX_TEMPORARY_ATTEMPTS {
+                return Err(io_error("create temporary file in", &dir)(
+                    io::Error::other(format!(
+                        "another process removed {MAX_TEMPORARY_ATTEMPTS} new files before they were locked"
+                    )),
+                ));
+            }
+        };
         Ok(BlobWriter {
             temp,
             hasher: Sha256::new(),
@@ -220,6 +239,22 @@ impl BlobWriter {
         }
         Ok(self.destination)
     }
+}
+
+/// Maximum number of temporary entries that a writer creates in a row when each one is
+/// removed as stale before the writer can lock it.
+pub(crate) const MAX_TEMPORARY_ATTEMPTS: u32 = 8;
+
+/// Takes an exclusive `flock` on `file`, a temporary file or directory that this process
+/// has just created, for as long as `file` stays open. Returns `false` if the entry was
+/// removed before the lock was taken: a concurrent removal of stale entries can lock and
+/// remove an entry in the moment between its creation and this call, and the caller then
+/// creates another one. The kernel releases the lock when the process dies, even by
+/// SIGKILL.
+pub(crate) fn lock_temporary(file: &File) -> io::Result<bool> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive)?;
+    // A removed file or directory has no links left.
+    Ok(rustix::fs::fstat(file)?.st_nlink > 0)
 }
 
 /// Makes a rename in `dir` durable.

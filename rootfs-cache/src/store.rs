@@ -15,9 +15,11 @@
 //! (`oci:/dir:tag`) and `docker save` archives have records like registry images.
 //!
 //! Every entry appears by an atomic rename once it is complete and verified, so a crash
-//! at any point leaves only temporary files, which lookups never read. Entries are never
-//! modified afterwards: a sandbox stacks layers read-only under its own upper directory.
-//! Image records are the exception: `last_used` is rewritten in place by an atomic rename.
+//! at any point leaves only temporary files, which lookups never read. A pull holds an
+//! `flock` on each of its temporary entries, and the next pull removes those that no
+//! process holds locked any more. Entries are never modified afterwards: a sandbox stacks
+//! layers read-only under its own upper directory. Image records are the exception:
+//! `last_used` is rewritten in place by an atomic rename.
 
 mod fetcher;
 mod maintenance;
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::blobs::{BlobError, BlobStore, sync_dir};
+use crate::blobs::{BlobError, BlobStore, MAX_TEMPORARY_ATTEMPTS, lock_temporary, sync_dir};
 use crate::digest::{Digest, chain_ids};
 use crate::image::{Descriptor, ImageConfig, Manifest, host_architecture, select_platform};
 use crate::registry::{RegistryConfig, RegistryError};
@@ -363,6 +365,10 @@ impl ImageStore {
     ///
     /// A local image is resolved even when it is cached, because that needs no network:
     /// when its layout or archive changed, the new image is pulled.
+    ///
+    /// Once it holds `pull.lock`, the pull removes the temporary entries that killed
+    /// pulls left in `blobs/tmp` and `layers/tmp`. It keeps the entries that a live
+    /// process holds an `flock` on.
     pub async fn pull(
         &self,
         reference: impl Into<ImageSource>,
@@ -391,6 +397,8 @@ impl ImageStore {
             }
         }
         let _lock = self.lock().await?;
+        // Pulls killed by SIGKILL or a crash leave their temporary entries behind.
+        self.remove_stale_temporary_logged();
         if if_missing {
             // Another process may have pulled it while this one waited for the lock.
             if let Some(image) = cached()? {
@@ -617,11 +625,8 @@ impl ImageStore {
             }
         })?;
         options.progress.unpack_started(&layer.digest);
-        let staging_root = self.root.join("layers/tmp");
-        let staging = tempfile::Builder::new()
-            .prefix(diff_id.encoded())
-            .tempdir_in(&staging_root)
-            .map_err(io_error("create directory in", &staging_root))?;
+        // The lock is declared first so that it is released after an error removes `staging`.
+        let (_staging_lock, staging) = self.create_staging_dir(diff_id)?;
         let fs_dir = staging.path().join("fs");
         fs::create_dir(&fs_dir).map_err(io_error("create directory", &fs_dir))?;
 
@@ -681,6 +686,37 @@ impl ImageStore {
         sync_dir(&layers_dir).map_err(io_error("sync", &layers_dir))?;
         options.progress.unpack_finished(&layer.digest);
         Ok(())
+    }
+
+    /// Creates a directory in `layers/tmp` for unpacking the layer `diff_id` and returns an
+    /// open file that holds an exclusive `flock` on it, and the directory. The lock marks the
+    /// directory as in use until the file is closed, so that
+    /// [`ImageStore::remove_stale_temporary`] of another pull skips it.
+    fn create_staging_dir(
+        &self,
+        diff_id: &Digest,
+    ) -> Result<(File, tempfile::TempDir), StoreError> {
+        let staging_root = self.root.join("layers/tmp");
+        for _ in 0..MAX_TEMPORARY_ATTEMPTS {
+            let staging = tempfile::Builder::new()
+                .prefix(diff_id.encoded())
+                .tempdir_in(&staging_root)
+                .map_err(io_error("create directory in", &staging_root))?;
+            let file = match File::open(staging.path()) {
+                Ok(file) => file,
+                // Removed as stale before it was locked.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("open", staging.path())(e)),
+            };
+            if lock_temporary(&file).map_err(io_error("lock", staging.path()))? {
+                return Ok((file, staging));
+            }
+        }
+        Err(io_error("create directory in", &staging_root)(
+            std::io::Error::other(format!(
+                "another process removed {MAX_TEMPORARY_ATTEMPTS} new directories before they were locked"
+            )),
+        ))
     }
 
     /// Writes the record of a pull, keeping the `last_used` of the record it replaces.

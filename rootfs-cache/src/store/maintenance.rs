@@ -55,7 +55,8 @@ pub struct PruneReport {
     pub blobs: usize,
     /// Unpacked layers that neither an image record nor a sandbox uses.
     pub layers: usize,
-    /// Entries in `blobs/tmp` and `layers/tmp`, left by interrupted pulls.
+    /// Entries in `blobs/tmp` and `layers/tmp`, left by interrupted pulls (the entries that
+    /// a live process still writes stay).
     pub temporary: usize,
     /// Apparent size of everything removed, in bytes (as `du --apparent-size --bytes`).
     pub bytes_freed: u64,
@@ -217,7 +218,8 @@ impl ImageStore {
     }
 
     /// Removes the blobs and layers that no image record refers to and `in_use` does not
-    /// list, and everything in `blobs/tmp` and `layers/tmp`.
+    /// list, and the entries of `blobs/tmp` and `layers/tmp` that no live process writes
+    /// (see [`ImageStore::remove_stale_temporary`]).
     ///
     /// A layer is first renamed into `layers/tmp` and then deleted, so a crash never leaves
     /// a partly deleted layer where lookups find it.
@@ -275,15 +277,52 @@ impl ImageStore {
             }
         }
 
-        for dir in [self.root.join("blobs/tmp"), staging] {
+        let (temporary, bytes) = self.remove_stale_temporary()?;
+        report.temporary = temporary;
+        report.bytes_freed += bytes;
+        Ok(report)
+    }
+
+    /// Removes the entries of `blobs/tmp` and `layers/tmp` that no open file holds an
+    /// `flock` on, and returns their number and apparent size in bytes.
+    ///
+    /// A blob writer and a layer unpack lock their temporary entry from its creation until
+    /// it is renamed or deleted (see [`crate::blobs::lock_temporary`]), and the kernel
+    /// drops the lock when the process dies. So an unlocked entry was left by a process
+    /// that was killed, or by a prune that was killed while it deleted a layer, and a
+    /// locked one is skipped because a live process may still write it.
+    pub(super) fn remove_stale_temporary(&self) -> Result<(usize, u64), StoreError> {
+        let mut removed = 0;
+        let mut bytes = 0;
+        for dir in [self.root.join("blobs/tmp"), self.root.join("layers/tmp")] {
             for name in dir_names(&dir)? {
-                let path = dir.join(&name);
-                report.bytes_freed += apparent_size(&path)?;
-                remove_entry(&path)?;
-                report.temporary += 1;
+                if let Some(size) = remove_if_stale(&dir.join(name))? {
+                    removed += 1;
+                    bytes += size;
+                }
             }
         }
-        Ok(report)
+        Ok((removed, bytes))
+    }
+
+    /// Runs [`ImageStore::remove_stale_temporary`] and logs what it removed or why it
+    /// failed. A pull calls it and goes on after a failure, because the entries it could
+    /// not remove do not affect the pull.
+    pub(super) fn remove_stale_temporary_logged(&self) {
+        match self.remove_stale_temporary() {
+            Ok((0, _)) => {}
+            Ok((removed, bytes)) => tracing::debug!(
+                root = %self.root.display(),
+                removed,
+                bytes,
+                "removed temporary entries of interrupted pulls"
+            ),
+            Err(error) => tracing::warn!(
+                root = %self.root.display(),
+                %error,
+                "failed to remove temporary entries of interrupted pulls"
+            ),
+        }
     }
 
     /// Collects the blobs and layers a record refers to, as far as its stored manifest and
@@ -332,6 +371,45 @@ fn dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Removes the temporary entry `path` unless an open file holds an `flock` on it, and
+/// returns its apparent size if it was removed. The lock taken here keeps a writer that
+/// created the entry but has not locked it yet from using it: that writer's
+/// [`crate::blobs::lock_temporary`] waits for the lock, then finds the entry removed.
+fn remove_if_stale(path: &Path) -> Result<Option<u64>, StoreError> {
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("read metadata of", path)(e)),
+    };
+    // Writers create only regular files and directories here, so any other entry has no
+    // writer. Opening a device node or FIFO could block or have side effects.
+    let _lock = if metadata.is_file() || metadata.is_dir() {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("open", path)(e)),
+        };
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(io_error("lock", path)(e.into())),
+        }
+        // `path` was replaced between the metadata read and the open: leave it to the
+        // next pull.
+        let opened =
+            rustix::fs::fstat(&file).map_err(|e| io_error("read metadata of", path)(e.into()))?;
+        if (opened.st_dev, opened.st_ino) != (metadata.dev(), metadata.ino()) {
+            return Ok(None);
+        }
+        Some(file)
+    } else {
+        None
+    };
+    let size = apparent_size(path)?;
+    remove_entry(path)?;
+    Ok(Some(size))
 }
 
 fn remove_entry(path: &Path) -> Result<(), StoreError> {
@@ -390,6 +468,73 @@ mod tests {
         std::os::unix::fs::symlink("a", root.join("link")).unwrap();
         let dir_size = fs::metadata(&root).unwrap().len();
         assert_eq!(apparent_size(&root).unwrap(), dir_size + 1000 + 1);
+    }
+
+    /// Lists the names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        dir_names(dir).unwrap()
+    }
+
+    #[test]
+    fn stale_removal_keeps_locked_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let blob_tmp = dir.path().join("blobs/tmp");
+        let layer_tmp = dir.path().join("layers/tmp");
+
+        // Entries of live writers: a blob being written and a layer being unpacked.
+        let digest = Digest::of(b"hello");
+        let mut writer = store.blobs().writer(&digest, Some(5)).unwrap();
+        writer.write_chunk(b"he").unwrap();
+        let (staging_lock, staging) = store.create_staging_dir(&digest).unwrap();
+        fs::write(staging.path().join("file"), b"unpacked").unwrap();
+
+        // Entries of a killed writer, which hold no lock: a file, a directory tree and a
+        // symlink.
+        fs::write(blob_tmp.join("stale-blob"), vec![1u8; 1000]).unwrap();
+        fs::create_dir_all(layer_tmp.join("stale-layer/fs/etc")).unwrap();
+        fs::write(layer_tmp.join("stale-layer/fs/etc/passwd"), vec![2u8; 500]).unwrap();
+        std::os::unix::fs::symlink("/etc", layer_tmp.join("stale-link")).unwrap();
+        let stale_bytes = 1000
+            + apparent_size(&layer_tmp.join("stale-layer")).unwrap()
+            + apparent_size(&layer_tmp.join("stale-link")).unwrap();
+
+        let (removed, bytes) = store.remove_stale_temporary().unwrap();
+        assert_eq!(removed, 3);
+        assert_eq!(bytes, stale_bytes);
+        let kept_blobs = names(&blob_tmp);
+        assert_eq!(kept_blobs.len(), 1, "{kept_blobs:?}");
+        assert!(
+            kept_blobs[0].starts_with(digest.encoded()),
+            "{kept_blobs:?}"
+        );
+        let staging_name = staging.path().file_name().unwrap().to_str().unwrap();
+        assert_eq!(names(&layer_tmp), [staging_name]);
+        assert_eq!(fs::read(staging.path().join("file")).unwrap(), b"unpacked");
+
+        // The kept writer still completes its blob.
+        writer.write_chunk(b"llo").unwrap();
+        writer.commit().unwrap();
+        assert_eq!(store.blobs().read_verified(&digest).unwrap(), b"hello");
+        assert_eq!(names(&blob_tmp), Vec::<String>::new());
+
+        // Once its lock is released, the staging directory counts as stale.
+        let staged = staging.keep();
+        drop(staging_lock);
+        assert_eq!(store.remove_stale_temporary().unwrap().0, 1);
+        assert!(!staged.exists());
+        assert_eq!(names(&layer_tmp), Vec::<String>::new());
+    }
+
+    #[test]
+    fn lock_reports_entry_removed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        // A writer that has created its file but not locked it yet.
+        let temp = tempfile::NamedTempFile::new_in(dir.path().join("blobs/tmp")).unwrap();
+        assert_eq!(store.remove_stale_temporary().unwrap().0, 1);
+        assert!(!temp.path().exists());
+        assert!(!crate::blobs::lock_temporary(temp.as_file()).unwrap());
     }
 
     #[test]
