@@ -87,6 +87,18 @@ fn pull(reference: &str, root: &Path) -> Run {
     output(&mut pull_command(reference, root))
 }
 
+/// Lists the entries of `blobs/tmp` and `layers/tmp` under `root`, as paths relative to
+/// `root`.
+fn temporary_entries(root: &Path) -> Vec<PathBuf> {
+    let mut entries = Vec::new();
+    for dir in ["blobs/tmp", "layers/tmp"] {
+        for path in files_in(&root.join(dir)) {
+            entries.push(path.strip_prefix(root).unwrap().to_owned());
+        }
+    }
+    entries
+}
+
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -356,6 +368,7 @@ fn sigkill_during_pull_then_pull_again() {
         let max_delay = pull_duration.as_millis() as u64 * 5 / 4;
 
         let mut killed = 0;
+        let mut left_temporary = 0;
         for trial in 0..TRIALS {
             let delay = Duration::from_millis(rng.gen_range(0..max_delay));
             let root = dir.join(format!("trial-{trial}"));
@@ -385,6 +398,9 @@ fn sigkill_during_pull_then_pull_again() {
             if finished {
                 assert!(status.success(), "{label}: the pull failed with {status}");
             }
+            if state.temporary > 0 {
+                left_temporary += 1;
+            }
 
             let again = pull(&image, &root);
             assert_eq!(
@@ -392,14 +408,106 @@ fn sigkill_during_pull_then_pull_again() {
                 "{label}: pull after the kill: {}",
                 again.stderr
             );
+            assert_eq!(
+                temporary_entries(&root),
+                Vec::<PathBuf>::new(),
+                "{label}: temporary entries after the pull that followed the kill"
+            );
             let last = trial == TRIALS - 1;
             assert_complete_and_runs(&image, &reference, &root, last, &label);
             std::fs::remove_dir_all(&root).unwrap();
         }
+        println!("{left_temporary} of {TRIALS} trials left temporary entries before the next pull");
         assert!(
             killed >= TRIALS / 2,
             "only {killed} of {TRIALS} pulls were killed before they finished"
         );
+    });
+}
+
+/// Starts a pull of `image` into `root` and kills it with SIGKILL as soon as it has
+/// created a layer's unpack directory in `layers/tmp`. Returns the temporary entries it
+/// left, which are empty when the unpack finished between the check and the kill.
+fn kill_pull_while_unpacking(image: &str, root: &Path) -> Vec<PathBuf> {
+    let mut child = pull_command(image, root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = root.join("layers/tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let unpacking = std::fs::read_dir(&staging).is_ok_and(|mut dir| dir.next().is_some());
+        if unpacking {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("the pull ended with {status} before it unpacked a layer: {stderr}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pull created nothing in {} within 60 s",
+            staging.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Child::kill sends SIGKILL.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    temporary_entries(root)
+}
+
+/// A pull killed with SIGKILL leaves temporary entries, and the next pull removes them
+/// but keeps the entry that a live process holds locked, as a concurrent pull's writer does.
+#[test]
+fn next_pull_removes_temporary_entries_of_killed_pull() {
+    let Some(env) = env() else { return };
+    if !full_images() {
+        panic!("the python image is missing: build the full image set");
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image(&env, "python:3.12-alpine");
+
+    in_private_tmpfs(1024, move |dir| {
+        // Unpacking a layer of the python image takes far longer than the 1 ms poll
+        // interval, so the first attempt almost always kills the pull inside an unpack.
+        let mut attempt = 0;
+        let (root, left) = loop {
+            attempt += 1;
+            let root = dir.join(format!("attempt-{attempt}"));
+            let left = kill_pull_while_unpacking(&image, &root);
+            if !left.is_empty() || attempt == 5 {
+                break (root, left);
+            }
+        };
+        println!("attempt {attempt}: the killed pull left {left:?}");
+        assert!(
+            left.iter().any(|path| path.starts_with("layers/tmp")),
+            "no unpack directory in layers/tmp after {attempt} killed pulls: {left:?}"
+        );
+
+        // A file that a live writer holds locked, as a concurrent pull's blob writer does.
+        let live = root.join("blobs/tmp/live-writer");
+        std::fs::write(&live, b"partial blob").unwrap();
+        let live_lock = nix::fcntl::Flock::lock(
+            std::fs::File::open(&live).unwrap(),
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .unwrap();
+
+        let again = pull(&image, &root);
+        assert_eq!(again.code, 0, "pull after the kill: {}", again.stderr);
+        assert_eq!(
+            temporary_entries(&root),
+            [PathBuf::from("blobs/tmp/live-writer")],
+            "temporary entries after the next pull"
+        );
+        assert_eq!(std::fs::read(&live).unwrap(), b"partial blob");
+        drop(live_lock);
+        let state = assert_cache_trustworthy(None, &root, "pull after the kill");
+        assert_eq!(state.records, 1);
     });
 }
 

@@ -192,6 +192,16 @@ fn concurrent_runs_fetch_each_blob_once() {
         );
         assert_eq!(result.status.code(), Some(0), "process {index}: {stderr}");
     }
+    // Each pull removes the temporary entries that no live process holds locked, so the
+    // pulls waiting for the lock must not have removed one another's entries (each
+    // exited 0 above) and none is left.
+    for dir in ["blobs/tmp", "layers/tmp"] {
+        let left: Vec<_> = std::fs::read_dir(root.path().join(dir))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{dir} after {PROCESSES} runs: {left:?}");
+    }
 
     let mut expected: Vec<&String> = vec![&python.config];
     expected.extend(&python.layers);
