@@ -1,4 +1,5 @@
-//! `agentkernel prune`: remove the blobs and layers that no image and no sandbox uses.
+//! `agentkernel prune`: remove the blobs and layers that no image and no sandbox uses, and the
+//! iptables rules of isolated networks when no sandbox has one.
 
 use std::path::Path;
 
@@ -23,6 +24,14 @@ pub fn prune(root: &Path, _args: PruneArgs) -> anyhow::Result<()> {
         eprintln!("agentkernel: warning: {warning}");
     }
     let report = store.prune(&lock, &in_use)?;
+    drop(lock);
+    match crate::sandbox::remove_unused_rules() {
+        Ok(true) => tracing::info!("removed the iptables rules of isolated networks"),
+        Ok(false) => {}
+        Err(error) => eprintln!(
+            "agentkernel: warning: cannot remove the iptables rules of isolated networks: {error:#}"
+        ),
+    }
     println!(
         "removed {}, {} and {}; freed {} bytes ({})",
         count(report.blobs, "blob", "blobs"),

@@ -42,7 +42,9 @@ pub(super) fn release(sandbox_dir: &Path, state_root: &Path, id: &str) -> anyhow
     if let Err(error) = remove_cgroups(id) {
         errors.push(error);
     }
-    if let Err(error) = network::remove_isolated(sandbox_dir, id) {
+    // Both steps kill the sandbox's processes, so none is left when both succeeded.
+    let processes_gone = errors.is_empty();
+    if let Err(error) = network::remove_isolated(sandbox_dir, processes_gone) {
         errors.push(error);
     }
     if let Err(error) = overlay::unmount_all_under(sandbox_dir) {

@@ -35,6 +35,7 @@ use crate::seccomp::Program;
 use crate::spec::{ImageRunConfig, SpecInput, build_spec};
 pub use cleanup::remove;
 pub use lifecycle::{ExecOptions, collect_orphans, exec, list, remove_all, remove_sandbox};
+pub use network::remove_unused_rules;
 pub use record::{generate_name, validate_name};
 pub(crate) use stdio::StdioMode;
 

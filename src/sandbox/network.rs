@@ -1,24 +1,35 @@
 //! Network setup of a sandbox: loopback in a new network namespace, and for the isolated mode a
-//! veth pair to the host with NAT and firewall rules.
+//! veth pair to the host behind NAT and firewall rules.
 //!
 //! Isolated mode gives each sandbox a /30 from 10.200.0.0/16: the host side of the veth pair
-//! (`ak<hash of id>`) gets the first address and is the sandbox's default gateway, the sandbox's
-//! `eth0` the second. iptables rules tagged with the comment `agentkernel:<id>` masquerade its
-//! outbound traffic, drop everything it sends to the host itself (which covers every host
-//! address), to 169.254.0.0/16 and to other sandboxes. The host side has IPv6 disabled, so no
-//! link-local IPv6 route to the host exists either. The sandbox's `127.0.0.1` is its own
-//! loopback. The rules and the link are removed by [`remove_isolated`], which the cleanup of
-//! every sandbox calls.
+//! (`ak` and the subnet's index in 8 hex digits) gets the first address and is the sandbox's default gateway, the sandbox's
+//! `eth0` the second. Links, addresses and routes are made with rtnetlink requests from this
+//! process. One static iptables rule set (see [`firewall`]) covers all sandboxes: it masquerades
+//! their outbound traffic and drops everything they send to the host itself (which covers every
+//! host address), to 169.254.0.0/16 and to other sandboxes. Each setup checks the rule set and
+//! reinstalls missing rules before the sandbox gets its link, and fails if that fails. The host
+//! side has IPv6 disabled, so no link-local IPv6 route to the host exists either. The sandbox's
+//! `127.0.0.1` is its own loopback.
+//!
+//! The kernel deletes the veth pair together with the sandbox's network namespace. The cleanup
+//! of every sandbox calls [`remove_isolated`], which deletes the link itself only when some of
+//! the sandbox's processes survived. The rule set stays until `agentkernel prune` calls
+//! [`remove_unused_rules`] while no sandbox link exists.
+
+mod firewall;
+mod netlink;
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::profile::NetworkMode;
+use netlink::{LOOPBACK_INDEX, Netlink};
 use nix::sched::{CloneFlags, setns};
 use nix::unistd::Pid;
 
@@ -101,11 +112,18 @@ const SUBNET_PREFIX: [u8; 2] = [10, 200];
 /// Number of /30 subnets in 10.200.0.0/16.
 const SUBNET_COUNT: u32 = 16384;
 
-/// File in the sandbox directory that records the isolated network's host interface and
-/// subnet; its presence tells [`remove_isolated`] that there are rules to remove.
+/// Prefix length of a sandbox subnet.
+const PREFIX_LENGTH: u8 = 30;
+
+/// Name of the sandbox side of the veth pair.
+const SANDBOX_INTERFACE: &str = "eth0";
+
+/// File in the sandbox directory that records the name and index of the isolated network's host
+/// interface, as `<name> <index>`. [`remove_isolated`] deletes a link only when this file exists.
 const MARKER_FILE: &str = "network";
 
-/// Lock that serializes subnet allocation between concurrent runs.
+/// Lock that serializes subnet allocation and changes to the iptables rule set between
+/// concurrent runs and `agentkernel prune`.
 const LOCK_FILE: &str = "/run/agentkernel-network.lock";
 
 /// Addresses of one sandbox's veth pair.
@@ -119,10 +137,13 @@ pub(super) struct IsolatedLink {
     pub address: [u8; 4],
 }
 
-/// Returns the host-side interface name of sandbox `id`: `ak` and 8 hex digits of an FNV-1a
-/// hash of the id, which fits the 15-character limit of interface names.
-pub(super) fn host_interface(id: &str) -> String {
-    format!("ak{:08x}", fnv1a(id))
+/// Returns the host-side interface name of the sandbox with subnet `index`: `ak` and the index
+/// as 8 hex digits, which fits the 15-character limit of interface names.
+///
+/// A name that follows from the subnet cannot collide: the subnet stays taken as long as a
+/// link with its gateway address exists, also one that the kernel has yet to delete.
+fn host_interface(index: u32) -> String {
+    format!("ak{index:08x}")
 }
 
 fn fnv1a(text: &str) -> u32 {
@@ -149,136 +170,158 @@ fn subnet(index: u32) -> ([u8; 4], [u8; 4]) {
     )
 }
 
-/// Sets up the isolated network of sandbox `id`, whose init is `pid`: a veth pair, addresses,
-/// routes and the host's NAT and firewall rules. It records them in `sandbox_dir` first, so a
-/// cleanup after a failure here removes what was created.
+/// Sets up the isolated network of sandbox `id`, whose init is `pid`: the host's iptables rule
+/// set if any rule is missing, a veth pair, addresses and a default route. It records the link
+/// in `sandbox_dir` as soon as the link exists.
 pub(super) fn setup_isolated(sandbox_dir: &Path, id: &str, pid: Pid) -> anyhow::Result<()> {
-    let _lock = lock()?;
-
-    let host_interface = host_interface(id);
-    let used = command_output(Command::new("ip").args(["-o", "-4", "addr", "show"]))?;
-    let start = fnv1a(id) % SUBNET_COUNT;
-    let link = (0..SUBNET_COUNT)
-        .map(|offset| subnet((start + offset) % SUBNET_COUNT))
-        .find(|(gateway, _)| !used.contains(&format!("inet {}/", dotted(*gateway))))
-        .map(|(gateway, address)| IsolatedLink {
-            host_interface: host_interface.clone(),
-            gateway,
-            address,
+    let started = Instant::now();
+    let namespace_path = format!("/proc/{pid}/ns/net");
+    let namespace =
+        File::open(&namespace_path).with_context(|| format!("failed to open {namespace_path}"))?;
+    let link = {
+        // Held until the host side has its address: that address marks the subnet as taken,
+        // and `remove_unused_rules` must not remove the rules before a link uses them.
+        let _lock = lock()?;
+        firewall::ensure_installed()?;
+        create_host_link(sandbox_dir, id, pid)?
+    };
+    // NOTE: forwarding is a host-wide setting; it stays on after the sandbox is removed.
+    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    std::thread::Builder::new()
+        .name("sandbox-net".to_string())
+        .spawn(move || -> anyhow::Result<()> {
+            setns(&namespace, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("failed to enter {namespace_path}"))?;
+            configure_sandbox_side(&link)
         })
-        .context("no free /30 subnet left in 10.200.0.0/16")?;
-    let marker = sandbox_dir.join(MARKER_FILE);
-    std::fs::write(&marker, format!("{host_interface}\n"))
-        .with_context(|| format!("failed to write {}", marker.display()))?;
+        .context("failed to start the network setup thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the network setup thread panicked"))??;
+    tracing::debug!(%id, elapsed = ?started.elapsed(), "isolated network set up");
+    Ok(())
+}
 
-    let gateway = dotted(link.gateway);
-    let address = dotted(link.address);
-    run_with_input(
-        Command::new("ip").args(["-batch", "-"]),
-        &format!(
-            "link add {host_interface} type veth peer name eth0 netns {pid}\n\
-             addr add {gateway}/30 dev {host_interface}\n\
-             link set {host_interface} up\n"
-        ),
-    )?;
+/// Allocates a free /30, creates the veth pair with `eth0` in the network namespace of `pid` and
+/// records the host side in the marker file. The host side gets the gateway address and is
+/// brought up. The caller holds the network lock.
+fn create_host_link(sandbox_dir: &Path, id: &str, pid: Pid) -> anyhow::Result<IsolatedLink> {
+    let mut netlink = Netlink::open().context("failed to open a netlink socket")?;
+    let used = netlink
+        .ipv4_addresses()
+        .context("failed to list the host's IPv4 addresses")?;
+    let link = allocate(id, &used).context("no free /30 subnet left in 10.200.0.0/16")?;
+    let host_interface = &link.host_interface;
+    let pid_number = pid.as_raw().unsigned_abs();
+    netlink
+        .create_veth(host_interface, SANDBOX_INTERFACE, pid_number)
+        .with_context(|| {
+            format!(
+                "failed to create veth pair {host_interface} with {SANDBOX_INTERFACE} in the \
+                 network namespace of process {pid}"
+            )
+        })?;
+    let index = netlink
+        .link_index(host_interface)
+        .with_context(|| format!("failed to look up network interface {host_interface}"))?;
+    let marker = sandbox_dir.join(MARKER_FILE);
+    std::fs::write(&marker, format!("{host_interface} {index}\n"))
+        .with_context(|| format!("failed to write {}", marker.display()))?;
     write_sysctl(
         &format!("/proc/sys/net/ipv6/conf/{host_interface}/disable_ipv6"),
         "1",
     )?;
-    let namespace = format!("--net=/proc/{pid}/ns/net");
-    run_with_input(
-        Command::new("nsenter").args([namespace.as_str(), "ip", "-batch", "-"]),
-        &format!(
-            "addr add {address}/30 dev eth0\n\
-             link set lo up\n\
-             link set eth0 up\n\
-             route add default via {gateway}\n"
-        ),
-    )?;
-    // NOTE: forwarding is a host-wide setting; it stays on after the sandbox is removed.
-    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    let comment = format!("-m comment --comment agentkernel:{id}");
-    let tag = |rule: &str| format!("{rule} {comment}");
-    let [a, b, c, d] = link.gateway;
-    let subnet = format!("{}/30", dotted([a, b, c, d - 1]));
-    let rules = [
-        "*filter".to_string(),
-        tag(&format!("-I FORWARD -i {host_interface} -j ACCEPT")),
-        tag(&format!(
-            "-I FORWARD -o {host_interface} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-        )),
-        tag(&format!(
-            "-I FORWARD -i {host_interface} -d 169.254.0.0/16 -j DROP"
-        )),
-        tag(&format!("-I FORWARD -i {host_interface} -o ak+ -j DROP")),
-        tag(&format!("-I INPUT -i {host_interface} -j DROP")),
-        "COMMIT".to_string(),
-        "*nat".to_string(),
-        tag(&format!(
-            "-A POSTROUTING -s {subnet} ! -o {host_interface} -j MASQUERADE"
-        )),
-        "COMMIT".to_string(),
-    ];
-    run_with_input(
-        Command::new("iptables-restore").args(["-w", "--noflush"]),
-        &(rules.join("\n") + "\n"),
-    )
-    .context("failed to add the sandbox's iptables rules")?;
+    netlink
+        .add_address(index, Ipv4Addr::from(link.gateway), PREFIX_LENGTH)
+        .with_context(|| {
+            format!(
+                "failed to add address {}/{PREFIX_LENGTH} to {host_interface}",
+                dotted(link.gateway)
+            )
+        })?;
+    netlink
+        .set_up(index)
+        .with_context(|| format!("failed to bring up {host_interface}"))?;
+    Ok(link)
+}
+
+/// Gives `eth0` the sandbox's address, brings up `lo` and `eth0` and adds the default route via
+/// the gateway. Runs on a thread in the sandbox's network namespace.
+fn configure_sandbox_side(link: &IsolatedLink) -> anyhow::Result<()> {
+    let mut netlink = Netlink::open().context("failed to open a netlink socket in the sandbox")?;
+    let index = netlink
+        .link_index(SANDBOX_INTERFACE)
+        .with_context(|| format!("failed to look up {SANDBOX_INTERFACE} in the sandbox"))?;
+    netlink
+        .add_address(index, Ipv4Addr::from(link.address), PREFIX_LENGTH)
+        .with_context(|| {
+            format!(
+                "failed to add address {}/{PREFIX_LENGTH} to {SANDBOX_INTERFACE} in the sandbox",
+                dotted(link.address)
+            )
+        })?;
+    netlink
+        .set_up(LOOPBACK_INDEX)
+        .context("failed to bring up lo in the sandbox")?;
+    netlink
+        .set_up(index)
+        .with_context(|| format!("failed to bring up {SANDBOX_INTERFACE} in the sandbox"))?;
+    netlink
+        .add_default_route(Ipv4Addr::from(link.gateway))
+        .with_context(|| {
+            format!(
+                "failed to add the default route via {} in the sandbox",
+                dotted(link.gateway)
+            )
+        })?;
     Ok(())
 }
 
-/// Removes the iptables rules and the veth pair of sandbox `id`. Rules and links that are
-/// already gone are skipped.
-///
-/// The rules are looked up by their comment whenever this host has set up an isolated network
-/// since boot (the lock file exists), not only when `sandbox_dir` records one: a sandbox
-/// directory whose files were deleted by other means must not leave its rules behind. That
-/// lookup costs one `iptables-save` (about 5 ms).
-pub(super) fn remove_isolated(sandbox_dir: &Path, id: &str) -> anyhow::Result<()> {
-    let marker = sandbox_dir.join(MARKER_FILE);
-    if !marker.exists() && !Path::new(LOCK_FILE).exists() {
-        return Ok(());
-    }
-    // The run itself and a concurrent `remove` may both get here; the lock makes the second
-    // one find the rules already gone.
-    let _lock = lock()?;
-    let host_interface = host_interface(id);
-    let comment = format!("agentkernel:{id}");
-    let saved = command_output(&mut Command::new("iptables-save"))?;
-    let mut deletions = Vec::new();
-    let mut rules = 0;
-    for line in saved.lines() {
-        if line.starts_with('*') || line == "COMMIT" {
-            deletions.push(line.to_string());
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            // iptables-save quotes comments that contain a colon.
-            if rule
-                .split_whitespace()
-                .any(|word| word.trim_matches('"') == comment)
-            {
-                deletions.push(format!("-D {rule}"));
-                rules += 1;
+/// Returns the link of sandbox `id`: the first /30, counting from the one its id hashes to,
+/// whose gateway address is not in `used`. Returns `None` when all are taken.
+fn allocate(id: &str, used: &[Ipv4Addr]) -> Option<IsolatedLink> {
+    let start = fnv1a(id) % SUBNET_COUNT;
+    (0..SUBNET_COUNT)
+        .map(|offset| (start + offset) % SUBNET_COUNT)
+        .find(|index| !used.contains(&Ipv4Addr::from(subnet(*index).0)))
+        .map(|index| {
+            let (gateway, address) = subnet(index);
+            IsolatedLink {
+                host_interface: host_interface(index),
+                gateway,
+                address,
             }
+        })
+}
+
+/// Removes the isolated network recorded in `sandbox_dir`, if any, and its marker file.
+///
+/// When `processes_gone` is set, no process is left in the sandbox's network namespace, so the
+/// kernel deletes the namespace and with it both ends of the veth pair, in a worker thread.
+/// Deleting the link here as well took 15 to 30 ms, mostly RCU grace periods (`ip link del` of
+/// a veth, kernel 6.18 on 2 vCPUs). Otherwise the host side is deleted here, which cuts a
+/// sandbox whose processes survived off the network. The link is looked up by its index, and
+/// deleted only if it still has its name, so a link that is gone is skipped, and so is a newer
+/// link with the same name.
+pub(super) fn remove_isolated(sandbox_dir: &Path, processes_gone: bool) -> anyhow::Result<()> {
+    let marker = sandbox_dir.join(MARKER_FILE);
+    let text = match std::fs::read_to_string(&marker) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("failed to read {}", marker.display()));
         }
-    }
-    if rules > 0 {
-        run_with_input(
-            Command::new("iptables-restore").args(["-w", "--noflush"]),
-            &(deletions.join("\n") + "\n"),
-        )
-        .with_context(|| format!("failed to remove the iptables rules of sandbox {id}"))?;
-    }
-    if Path::new("/sys/class/net").join(&host_interface).exists() {
-        let status = Command::new("ip")
-            .args(["link", "del", &host_interface])
-            .stderr(Stdio::null())
-            .status()
-            .context("failed to run ip")?;
-        // The link disappears by itself when the sandbox's network namespace goes away, which
-        // can happen between the check and the deletion.
-        if !status.success() && Path::new("/sys/class/net").join(&host_interface).exists() {
-            bail!("failed to delete network interface {host_interface}");
-        }
+    };
+    if !processes_gone {
+        let (name, index) = parse_marker(&text)
+            .with_context(|| format!("invalid network marker {}: {text:?}", marker.display()))?;
+        let delete = || -> io::Result<bool> {
+            let mut netlink = Netlink::open()?;
+            match netlink.link_name(index)? {
+                Some(current) if current == name => netlink.delete_link(index),
+                _ => Ok(false),
+            }
+        };
+        delete().with_context(|| format!("failed to delete network interface {name}"))?;
     }
     match std::fs::remove_file(&marker) {
         Ok(()) => Ok(()),
@@ -287,7 +330,47 @@ pub(super) fn remove_isolated(sandbox_dir: &Path, id: &str) -> anyhow::Result<()
     }
 }
 
-/// Takes the lock that serializes changes to the sandbox networks.
+/// Removes the host's iptables rule set of isolated networks when no host interface of a
+/// sandbox exists, on any cache root, and returns whether it removed any rule. Runs under the
+/// network lock, so no sandbox is between its rule check and its link creation meanwhile.
+///
+/// Does nothing when the lock file is missing: then no isolated network was set up since boot,
+/// and iptables rules do not outlive a reboot unless a tool such as netfilter-persistent saved
+/// them.
+pub fn remove_unused_rules() -> anyhow::Result<bool> {
+    if !Path::new(LOCK_FILE).exists() {
+        return Ok(false);
+    }
+    let _lock = lock()?;
+    let names = Netlink::open()
+        .and_then(|mut netlink| netlink.link_names())
+        .context("failed to list the host's network interfaces")?;
+    if let Some(name) = names.iter().find(|name| is_host_interface(name)) {
+        tracing::debug!(interface = %name, "keeping the iptables rules of isolated sandboxes");
+        return Ok(false);
+    }
+    firewall::remove()
+}
+
+/// Checks whether `name` has the form of [`host_interface`]: `ak` and 8 lowercase hex digits.
+fn is_host_interface(name: &str) -> bool {
+    name.strip_prefix("ak").is_some_and(|digits| {
+        digits.len() == 8
+            && digits
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
+}
+
+/// Returns the interface name and index of a marker file's text, `<name> <index>`.
+fn parse_marker(text: &str) -> Option<(&str, u32)> {
+    let mut words = text.split_whitespace();
+    let name = words.next().filter(|name| is_host_interface(name))?;
+    let index = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((name, index))
+}
+
+/// Takes the lock that serializes changes to the sandbox networks and the iptables rule set.
 fn lock() -> anyhow::Result<nix::fcntl::Flock<File>> {
     let file = File::create(LOCK_FILE).with_context(|| format!("failed to open {LOCK_FILE}"))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
@@ -297,49 +380,6 @@ fn lock() -> anyhow::Result<nix::fcntl::Flock<File>> {
 
 fn write_sysctl(path: &str, value: &str) -> anyhow::Result<()> {
     std::fs::write(path, value).with_context(|| format!("failed to write {value} to {path}"))
-}
-
-fn command_output(command: &mut Command) -> anyhow::Result<String> {
-    let program = format!("{:?}", command.get_program());
-    let output = command
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("failed to run {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} failed with {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn run_with_input(command: &mut Command, input: &str) -> anyhow::Result<()> {
-    let program = format!("{:?}", command.get_program());
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("failed to run {program}"))?;
-    child
-        .stdin
-        .take()
-        .context("no stdin pipe")?
-        .write_all(input.as_bytes())
-        .with_context(|| format!("failed to write to {program}"))?;
-    let output = child
-        .wait_with_output()
-        .with_context(|| format!("failed to wait for {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} failed with {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Returns the name servers of the host's `resolv.conf` that a sandbox can reach through NAT:
@@ -372,10 +412,56 @@ mod tests {
 
     #[test]
     fn interface_names_fit() {
-        let name = host_interface("a-very-long-sandbox-name-with-64-characters");
-        assert_eq!(name.len(), 10);
-        assert!(name.starts_with("ak"));
-        assert_ne!(host_interface("run-1"), host_interface("run-2"));
+        assert_eq!(host_interface(0), "ak00000000");
+        assert_eq!(host_interface(SUBNET_COUNT - 1), "ak00003fff");
+    }
+
+    #[test]
+    fn allocation_skips_used_gateways() {
+        let id = "run-1";
+        let first = allocate(id, &[]).unwrap();
+        let start = fnv1a(id) % SUBNET_COUNT;
+        assert_eq!(first.host_interface, host_interface(start));
+        assert_eq!((first.gateway, first.address), subnet(start));
+        let next = allocate(id, &[Ipv4Addr::from(first.gateway)]).unwrap();
+        let next_index = (start + 1) % SUBNET_COUNT;
+        assert_eq!(next.host_interface, host_interface(next_index));
+        assert_eq!((next.gateway, next.address), subnet(next_index));
+        // The sandbox-side address of another subnet does not take the gateway's subnet.
+        let other = allocate(id, &[Ipv4Addr::from(first.address)]).unwrap();
+        assert_eq!(other, first);
+    }
+
+    #[test]
+    fn allocation_fails_when_full() {
+        let used: Vec<Ipv4Addr> = (0..SUBNET_COUNT)
+            .map(|index| Ipv4Addr::from(subnet(index).0))
+            .collect();
+        assert_eq!(allocate("run-1", &used), None);
+        let all_but_last = &used[..used.len() - 1];
+        let last = allocate("run-1", all_but_last).unwrap();
+        assert_eq!(last.gateway, [10, 200, 255, 253]);
+        assert_eq!(last.host_interface, "ak00003fff");
+    }
+
+    #[test]
+    fn host_interface_names_are_recognized() {
+        assert!(is_host_interface(&host_interface(16383)));
+        assert!(is_host_interface("ak0123abcd"));
+        assert!(!is_host_interface("ak0123abc"));
+        assert!(!is_host_interface("ak0123abcde"));
+        assert!(!is_host_interface("ak0123ABCD"));
+        assert!(!is_host_interface("eth0"));
+        assert!(!is_host_interface("akg123abcd"));
+    }
+
+    #[test]
+    fn markers_are_parsed() {
+        assert_eq!(parse_marker("ak00000a1f 17\n"), Some(("ak00000a1f", 17)));
+        assert_eq!(parse_marker("ak00000a1f\n"), None);
+        assert_eq!(parse_marker("eth0 17\n"), None);
+        assert_eq!(parse_marker("ak00000a1f 17 18\n"), None);
+        assert_eq!(parse_marker("ak00000a1f x\n"), None);
     }
 
     #[test]
