@@ -14,10 +14,10 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{Env, Run, env, image, run};
+use common::{Env, Run, agentkernel, env, fresh_root, image, output, run};
 
 const PROFILES: [&str; 3] = ["permissive", "moderate", "restrictive"];
 
@@ -426,6 +426,7 @@ fn fetch_script(address: &str) -> String {
 #[test]
 fn network_modes_reach_what_they_should() {
     let Some(env) = env() else { return };
+    let _rules = lock_firewall();
     let local = Greeter::start("127.0.0.1");
     let any = Greeter::start("0.0.0.0");
     let host = TestHost::start();
@@ -494,39 +495,418 @@ fn network_modes_reach_what_they_should() {
     }
 }
 
-#[test]
-fn isolated_network_is_removed() {
-    let Some(env) = env() else { return };
-    let result = sh(
-        &env,
-        "moderate",
-        &[],
-        "ip -o -4 addr show eth0 | awk '{print $4}'; ip route | awk '/default/ {print $3}'",
+/// Serializes the tests that delete or check the host's iptables rules, so that no isolated
+/// sandbox of this test binary runs while a test has deleted them.
+fn lock_firewall() -> MutexGuard<'static, ()> {
+    static FIREWALL: Mutex<()> = Mutex::new(());
+    FIREWALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Prefix of the iptables chains that agentkernel installs for isolated networks.
+const CHAIN_PREFIX: &str = "AGENTKERNEL-";
+
+/// Rules of the isolated networks, in `iptables-save` syntax after `-A`, by table.
+const STATIC_RULES: [(&str, &str); 8] = [
+    ("filter", "INPUT -j AGENTKERNEL-INPUT"),
+    ("filter", "FORWARD -j AGENTKERNEL-FORWARD"),
+    ("filter", "AGENTKERNEL-INPUT -i ak+ -j DROP"),
+    ("filter", "AGENTKERNEL-FORWARD -i ak+ -o ak+ -j DROP"),
+    (
+        "filter",
+        "AGENTKERNEL-FORWARD -d 169.254.0.0/16 -i ak+ -j DROP",
+    ),
+    ("filter", "AGENTKERNEL-FORWARD -i ak+ -j ACCEPT"),
+    (
+        "filter",
+        "AGENTKERNEL-FORWARD -o ak+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ),
+    (
+        "nat",
+        "AGENTKERNEL-POSTROUTING -s 10.200.0.0/16 ! -o ak+ -j MASQUERADE",
+    ),
+];
+
+/// Runs `iptables-save` in the network namespace `namespace`, or the host's with `None`, and
+/// returns `(table, rule)` for every rule, with the rule after `-A `.
+fn saved_rules(namespace: Option<&str>) -> Vec<(String, String)> {
+    let mut command = match namespace {
+        Some(namespace) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", namespace, "iptables-save"]);
+            command
+        }
+        None => Command::new("iptables-save"),
+    };
+    let saved = command.output().unwrap();
+    assert!(saved.status.success(), "iptables-save failed");
+    let mut table = String::new();
+    let mut rules = Vec::new();
+    for line in String::from_utf8(saved.stdout).unwrap().lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.to_string();
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            rules.push((table.clone(), rule.to_string()));
+        }
+    }
+    rules
+}
+
+/// Returns the rules in `namespace`, or on the host with `None`, that mention an agentkernel
+/// chain.
+fn agentkernel_rules(namespace: Option<&str>) -> Vec<(String, String)> {
+    saved_rules(namespace)
+        .into_iter()
+        .filter(|(_, rule)| rule.contains(CHAIN_PREFIX))
+        .collect()
+}
+
+/// Asserts that every static rule exists and that the jumps come first in INPUT and FORWARD.
+fn assert_static_rules(namespace: Option<&str>) {
+    let rules = saved_rules(namespace);
+    for (table, rule) in STATIC_RULES {
+        assert!(
+            rules.iter().any(|(t, r)| t == table && r == rule),
+            "{table} rule {rule} missing: {rules:?}"
+        );
+    }
+    for chain in ["INPUT", "FORWARD"] {
+        let first = rules
+            .iter()
+            .find(|(table, rule)| table == "filter" && rule.starts_with(&format!("{chain} ")));
+        assert_eq!(
+            first.map(|(_, rule)| rule.as_str()),
+            Some(format!("{chain} -j AGENTKERNEL-{chain}").as_str()),
+            "first rule of {chain}"
+        );
+    }
+}
+
+/// Feeds `script` to `iptables-restore --noflush` in `namespace` or on the host.
+fn iptables_restore(namespace: Option<&str>, script: &str) {
+    let mut command = match namespace {
+        Some(namespace) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", namespace, "iptables-restore"]);
+            command
+        }
+        None => Command::new("iptables-restore"),
+    };
+    let mut child = command
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "iptables-restore:\n{script}"
     );
-    let lines: Vec<&str> = result.stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{} {}", result.stdout, result.stderr);
-    assert!(lines[0].starts_with("10.200."), "{}", lines[0]);
-    assert!(lines[0].ends_with("/30"), "{}", lines[0]);
-    let gateway = lines[1];
+}
+
+/// Deletes the host's agentkernel chains, their rules and the rules that jump to them, and
+/// nothing else.
+fn delete_static_rules() {
+    let rules = agentkernel_rules(None);
+    let mut script = String::new();
+    for table in ["filter", "nat"] {
+        let in_table = || rules.iter().filter(|(t, _)| t == table);
+        let chains: Vec<&str> = in_table()
+            .filter_map(|(_, rule)| rule.split_whitespace().next())
+            .filter(|chain| chain.starts_with(CHAIN_PREFIX))
+            .collect();
+        script.push_str(&format!("*{table}\n"));
+        for (_, rule) in in_table() {
+            script.push_str(&format!("-D {rule}\n"));
+        }
+        for chain in dedup(chains) {
+            script.push_str(&format!("-X {chain}\n"));
+        }
+        script.push_str("COMMIT\n");
+    }
+    iptables_restore(None, &script);
+    assert_eq!(agentkernel_rules(None), Vec::new());
+}
+
+fn dedup(mut names: Vec<&str>) -> Vec<&str> {
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Tries from an isolated moderate sandbox to connect to a host server on 127.0.0.1, on a
+/// global host address and on the sandbox's gateway, and returns the run. Each attempt that
+/// fails prints `unreachable`.
+fn probe_host(env: &Env) -> Run {
+    let local = Greeter::start("127.0.0.1");
+    let any = Greeter::start("0.0.0.0");
+    let global = host_global_address();
+    let script = format!(
+        "nc -w 2 127.0.0.1 {} </dev/null 2>/dev/null || echo unreachable; \
+         gw=$(ip route | awk '/^default via 10[.]200[.]/ {{print $3}}'); \
+         for address in {global} $gw; do \
+           nc -w 2 $address {} </dev/null 2>/dev/null || echo unreachable; \
+         done",
+        local.port, any.port
+    );
+    sh(env, "moderate", &[], &script)
+}
+
+/// Returns whether the host has network interface `name`.
+fn host_has_link(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Waits up to 5 s for the host's network interface `name` to disappear and returns whether it
+/// did: the kernel deletes a sandbox's veth pair in a worker after its namespace is gone.
+fn link_disappears(name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host_has_link(name) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Returns the host interface whose IPv4 address is `gateway`.
+fn link_with_address(gateway: &str) -> Option<String> {
     let addresses = Command::new("ip")
         .args(["-o", "-4", "addr", "show"])
         .output()
         .unwrap();
-    let addresses = String::from_utf8_lossy(&addresses.stdout);
-    assert!(
-        !addresses.contains(&format!("inet {gateway}/")),
-        "{addresses}"
+    String::from_utf8_lossy(&addresses.stdout)
+        .lines()
+        .find(|line| line.contains(&format!(" inet {gateway}/30 ")))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .map(str::to_string)
+}
+
+#[test]
+fn isolated_network_is_removed() {
+    let Some(env) = env() else { return };
+    let _rules = lock_firewall();
+    let name = format!("netrm-{}", std::process::id());
+    let busybox = busybox(&env);
+    let keep_run = run(
+        &env,
+        &[
+            "--image",
+            &busybox,
+            "--profile",
+            "moderate",
+            "--keep",
+            "--name",
+            &name,
+            "true",
+        ],
     );
-    let (network, _) = lines[0].rsplit_once('.').unwrap();
-    let last: u8 = lines[0]
-        .rsplit_once('.')
-        .unwrap()
-        .1
-        .trim_end_matches("/30")
-        .parse()
+    assert_eq!(keep_run.code, 0, "{}", keep_run.stderr);
+    let root = common::shared_root();
+    let inside = output(agentkernel(root).args([
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "ip -o -4 addr show eth0 | awk '{print $4}'; ip route | awk '/default/ {print $3}'",
+    ]));
+    let lines: Vec<&str> = inside.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{} {}", inside.stdout, inside.stderr);
+    assert!(lines[0].starts_with("10.200."), "{}", lines[0]);
+    assert!(lines[0].ends_with("/30"), "{}", lines[0]);
+    let gateway = lines[1].to_string();
+    let link = link_with_address(&gateway).expect("the host side has the gateway address");
+    assert!(link.starts_with("ak"), "{link}");
+    assert_eq!(link.len(), 10, "{link}");
+    assert_static_rules(None);
+
+    let removed = output(agentkernel(root).args(["rm", &name]));
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert!(link_disappears(&link), "{link} is left after rm");
+    assert_eq!(link_with_address(&gateway), None);
+    // No rule names the sandbox's link or subnet: the static rules cover it.
+    let (network, last) = gateway.rsplit_once('.').unwrap();
+    let subnet = format!("{network}.{}/30", last.parse::<u8>().unwrap() - 1);
+    let per_sandbox: Vec<(String, String)> = saved_rules(None)
+        .into_iter()
+        .filter(|(_, rule)| rule.contains(&link) || rule.contains(&subnet))
+        .collect();
+    assert_eq!(per_sandbox, Vec::new(), "rules for {link} or {subnet}");
+
+    // A sandbox without --keep loses its link when the run ends.
+    let result = sh(
+        &env,
+        "moderate",
+        &[],
+        "ip route | awk '/default/ {print $3}'",
+    );
+    let gateway = result.stdout.trim().to_string();
+    assert!(
+        gateway.starts_with("10.200."),
+        "{} {}",
+        result.stdout,
+        result.stderr
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while link_with_address(&gateway).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(link_with_address(&gateway), None);
+
+    assert_static_rules(None);
+}
+
+#[test]
+fn deleted_rules_are_restored() {
+    let Some(env) = env() else { return };
+    let _rules = lock_firewall();
+    let installed = sh(&env, "moderate", &[], "true");
+    assert_eq!(installed.code, 0, "{}", installed.stderr);
+    assert_static_rules(None);
+
+    delete_static_rules();
+    let result = probe_host(&env);
+    assert_eq!(
+        result.stdout, "unreachable\nunreachable\nunreachable\n",
+        "{}",
+        result.stderr
+    );
+    assert_static_rules(None);
+
+    // One rule missing from a chain.
+    iptables_restore(
+        None,
+        "*filter\n-D AGENTKERNEL-INPUT -i ak+ -j DROP\nCOMMIT\n",
+    );
+    let result = probe_host(&env);
+    assert_eq!(
+        result.stdout, "unreachable\nunreachable\nunreachable\n",
+        "{}",
+        result.stderr
+    );
+    assert_static_rules(None);
+
+    // Another tool's rule that accepts sandbox traffic above the jump.
+    let comment = format!("agentkernel-test-{}", std::process::id());
+    let accept = format!("INPUT -i ak+ -m comment --comment {comment} -j ACCEPT");
+    iptables_restore(None, &format!("*filter\n-I {accept}\nCOMMIT\n"));
+    let result = probe_host(&env);
+    iptables_restore(None, &format!("*filter\n-D {accept}\nCOMMIT\n"));
+    assert_eq!(
+        result.stdout, "unreachable\nunreachable\nunreachable\n",
+        "{}",
+        result.stderr
+    );
+    assert_static_rules(None);
+}
+
+/// A network namespace for `agentkernel prune` with its own links and iptables rules.
+struct PruneNamespace {
+    name: String,
+}
+
+impl PruneNamespace {
+    fn new() -> PruneNamespace {
+        let name = format!("akprune{}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip netns add {name}");
+        PruneNamespace { name }
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let status = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip -n {} {args:?}", self.name);
+    }
+
+    /// Runs `agentkernel prune` in the namespace on an empty cache root.
+    fn prune(&self) -> Run {
+        let root = fresh_root();
+        output(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .arg(env!("CARGO_BIN_EXE_agentkernel"))
+                .arg("prune")
+                .env("AGENTKERNEL_ROOT", root.path())
+                .env_remove("RUST_LOG"),
+        )
+    }
+}
+
+impl Drop for PruneNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn prune_removes_rules_without_sandboxes() {
+    let Some(env) = env() else { return };
+    let installed = {
+        let _rules = lock_firewall();
+        let installed = sh(&env, "moderate", &[], "true");
+        assert_eq!(installed.code, 0, "{}", installed.stderr);
+        agentkernel_rules(None)
+    };
+    // The host's rule set, copied into a namespace of its own, where this test controls which
+    // sandbox links exist.
+    let namespace = PruneNamespace::new();
+    let mut script = String::new();
+    for table in ["filter", "nat"] {
+        script.push_str(&format!("*{table}\n"));
+        for (_, rule) in installed.iter().filter(|(t, _)| t == table) {
+            let chain = rule.split_whitespace().next().unwrap();
+            if chain.starts_with(CHAIN_PREFIX) && !script.contains(&format!(":{chain} ")) {
+                script.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+        }
+        for (_, rule) in installed.iter().filter(|(t, _)| t == table) {
+            script.push_str(&format!("-A {rule}\n"));
+        }
+        script.push_str("COMMIT\n");
+    }
+    iptables_restore(Some(&namespace.name), &script);
+    assert_static_rules(Some(&namespace.name));
+
+    // A link named like a sandbox's host side keeps the rules.
+    namespace.ip(&[
+        "link",
+        "add",
+        "ak0000beef",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ]);
+    let pruned = namespace.prune();
+    assert_eq!(pruned.code, 0, "{}", pruned.stderr);
+    assert_static_rules(Some(&namespace.name));
+
+    namespace.ip(&["link", "del", "ak0000beef"]);
+    let pruned = namespace.prune();
+    assert_eq!(pruned.code, 0, "{}", pruned.stderr);
+    assert_eq!(pruned.stderr, "");
+    assert_eq!(agentkernel_rules(Some(&namespace.name)), Vec::new());
+    let chains = Command::new("ip")
+        .args(["netns", "exec", &namespace.name, "iptables-save"])
+        .output()
         .unwrap();
-    let subnet = format!("{network}.{}/30", last - 2);
-    let rules = Command::new("iptables-save").output().unwrap();
-    let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(!rules.contains(&subnet), "rules for {subnet} left: {rules}");
+    let chains = String::from_utf8_lossy(&chains.stdout);
+    assert!(!chains.contains(CHAIN_PREFIX), "{chains}");
 }
