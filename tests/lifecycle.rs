@@ -242,6 +242,64 @@ fn exec_shares_namespaces_and_limits() {
     assert_gone(root.path(), "shared");
 }
 
+/// A kept sandbox's command gets --timeout and the out-of-memory message like a plain run, and
+/// the sandbox stays; a later exec killed by a signal is not reported as out of memory.
+#[test]
+fn kept_command_limits_are_reported() {
+    let Some(env) = env() else { return };
+    let root = fresh_root();
+    let image = busybox(&env);
+    let base = ["--image", image.as_str(), "--keep"];
+
+    let mut args = base.to_vec();
+    args.extend(["--name", "slow", "--timeout", "1", "sleep", "30"]);
+    let started = Instant::now();
+    let slow = run_in(&env, root.path(), &args);
+    assert_eq!(slow.code, 124, "{}", slow.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        slow.stderr
+            .contains("agentkernel: timed out after 1 s: the command was killed"),
+        "{}",
+        slow.stderr
+    );
+    assert!(slow.stderr.contains("kept sandbox slow"), "{}", slow.stderr);
+    let alive = ak(root.path(), &["exec", "slow", "echo", "alive"]);
+    assert_eq!(alive.code, 0, "{}", alive.stderr);
+    assert_eq!(alive.stdout, "alive\n");
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--name",
+        "hog",
+        "--memory",
+        "64m",
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    ]);
+    let hog = run_in(&env, root.path(), &args);
+    assert_eq!(hog.code, 137, "{}", hog.stderr);
+    assert!(
+        hog.stderr
+            .contains("agentkernel: out of memory (limit 64 MiB)"),
+        "{}",
+        hog.stderr
+    );
+    let killed = ak(root.path(), &["exec", "hog", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(killed.code, 137, "{}", killed.stderr);
+    assert!(
+        !killed.stderr.contains("out of memory"),
+        "{}",
+        killed.stderr
+    );
+
+    let removed = ak(root.path(), &["rm", "--all"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert_gone(root.path(), "slow");
+    assert_gone(root.path(), "hog");
+}
+
 #[test]
 fn names_are_checked() {
     let Some(env) = env() else { return };

@@ -181,7 +181,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
             eprintln!("agentkernel: warning: {error:#}");
         }
     }
-    if args.keep && result.is_ok() && sandbox_dir.exists() {
+    if args.keep && !matches!(result, Err(RunError::Sandbox(_))) && sandbox_dir.exists() {
         eprintln!("agentkernel: kept sandbox {id}");
     }
     match result {

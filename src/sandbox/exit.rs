@@ -160,22 +160,28 @@ pub(super) fn wait_for_exit(
 }
 
 /// Returns whether the kernel's OOM killer killed a process in the memory cgroup
-/// `/agentkernel/<id>`: the `oom_kill` counter of `memory.oom_control` (cgroup v1) or
-/// `memory.events` (cgroup v2) is above 0.
+/// `/agentkernel/<id>` (see [`oom_kills`]).
 pub(super) fn oom_killed(id: &str) -> bool {
+    oom_kills(id) > 0
+}
+
+/// Returns how many processes the kernel's OOM killer killed in the memory cgroup
+/// `/agentkernel/<id>`: the `oom_kill` counter of `memory.oom_control` (cgroup v1) or
+/// `memory.events` (cgroup v2), or 0 when neither can be read.
+pub(super) fn oom_kills(id: &str) -> u64 {
     [
         format!("/sys/fs/cgroup/memory/agentkernel/{id}/memory.oom_control"),
         format!("/sys/fs/cgroup/agentkernel/{id}/memory.events"),
     ]
     .iter()
     .filter_map(|path| std::fs::read_to_string(path).ok())
-    .any(|text| {
-        text.lines().any(|line| {
+    .find_map(|text| {
+        text.lines().find_map(|line| {
             line.strip_prefix("oom_kill ")
                 .and_then(|count| count.trim().parse::<u64>().ok())
-                .is_some_and(|count| count > 0)
         })
     })
+    .unwrap_or(0)
 }
 
 /// Reaps `pid` and returns its shell exit status.

@@ -112,23 +112,10 @@ pub(super) fn launch(
     }
     timings.delete = delete_started.elapsed();
     if let (true, Some(timeout)) = (timed_out, request.timeout) {
-        return Err(RunError::Killed {
-            code: 124,
-            message: format!(
-                "timed out after {} s: the sandbox was killed",
-                timeout.as_secs_f64()
-            ),
-        });
+        return Err(timed_out_error(timeout, "the sandbox"));
     }
     if out_of_memory {
-        let limit = match request.memory_limit {
-            Some(bytes) => format!("limit {} MiB", bytes / (1024 * 1024)),
-            None => "no sandbox limit".to_string(),
-        };
-        return Err(RunError::Killed {
-            code: 137,
-            message: format!("out of memory ({limit})"),
-        });
+        return Err(out_of_memory_error(request.memory_limit));
     }
     Ok(RunOutcome {
         status,
@@ -168,6 +155,7 @@ pub(super) fn launch_kept(
         id: request.id,
         state_root: request.state_root,
         bundle: request.bundle,
+        timeout: request.timeout,
     };
     let mut outcome = exec(&target, None, stdio, terminal)?;
     outcome.timings.prepare = timings.prepare;
@@ -190,6 +178,8 @@ pub(super) struct ExecTarget<'a> {
     pub state_root: &'a Path,
     /// Directory that contains the sandbox's `config.json`.
     pub bundle: &'a Path,
+    /// Time after which the process is killed; the sandbox keeps running.
+    pub timeout: Option<Duration>,
 }
 
 /// Runs `command` (or the command of the sandbox's spec when it is `None`) as a new process in
@@ -221,6 +211,13 @@ pub(super) fn exec(
         .linux()
         .as_ref()
         .and_then(|linux| linux.seccomp().clone());
+    let memory_limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.resources().as_ref())
+        .and_then(|resources| resources.memory().as_ref())
+        .and_then(|memory| memory.limit())
+        .and_then(|limit| u64::try_from(limit).ok());
     let filter_file = target.bundle.join(FILTER_FILE);
     let filter = match filter_file.exists() {
         true => Some(Program::read(&filter_file)?),
@@ -259,10 +256,11 @@ pub(super) fn exec(
     let pid = built.map_err(|error| build_error(error, &process_args(&process)))?;
 
     let capture = pending_capture.start()?;
+    let oom_kills_before = exit::oom_kills(target.id);
     let wait_started = Instant::now();
-    let status = wait_for_tenant(pid, terminal);
+    let status = wait_for_tenant(pid, terminal, target.timeout);
     timings.wait = wait_started.elapsed();
-    let status = match status {
+    let (status, timed_out) = match status {
         Ok(status) => status,
         Err(error) => {
             let _ = kill(pid, Signal::SIGKILL);
@@ -272,6 +270,12 @@ pub(super) fn exec(
         }
     };
     let (stdout, stderr) = capture.finish()?;
+    if let (true, Some(timeout)) = (timed_out, target.timeout) {
+        return Err(timed_out_error(timeout, "the command"));
+    }
+    if status == 137 && exit::oom_kills(target.id) > oom_kills_before {
+        return Err(out_of_memory_error(memory_limit));
+    }
     Ok(RunOutcome {
         status,
         stdout,
@@ -280,8 +284,15 @@ pub(super) fn exec(
     })
 }
 
-fn wait_for_tenant(pid: Pid, terminal: Option<&Terminal>) -> anyhow::Result<i32> {
+/// Waits for the tenant process `pid`; returns its exit status and whether `timeout` passed,
+/// after which the process was killed.
+fn wait_for_tenant(
+    pid: Pid,
+    terminal: Option<&Terminal>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<(i32, bool)> {
     let mut forwarder = SignalForwarder::install()?;
+    forwarder.deadline = timeout.map(|timeout| Instant::now() + timeout);
     let relay = match terminal {
         Some(terminal) => Some(terminal.attach()?),
         None => None,
@@ -297,7 +308,30 @@ fn wait_for_tenant(pid: Pid, terminal: Option<&Terminal>) -> anyhow::Result<i32>
     if let Some(relay) = relay {
         relay.finish();
     }
-    status
+    Ok((status?, forwarder.timed_out))
+}
+
+/// Returns the error of a command killed after `timeout`; `killed` names what was killed.
+fn timed_out_error(timeout: Duration, killed: &str) -> RunError {
+    RunError::Killed {
+        code: 124,
+        message: format!(
+            "timed out after {} s: {killed} was killed",
+            timeout.as_secs_f64()
+        ),
+    }
+}
+
+/// Returns the error of a command that the OOM killer stopped under `memory_limit` bytes.
+fn out_of_memory_error(memory_limit: Option<u64>) -> RunError {
+    let limit = match memory_limit {
+        Some(bytes) => format!("limit {} MiB", bytes / (1024 * 1024)),
+        None => "no sandbox limit".to_string(),
+    };
+    RunError::Killed {
+        code: 137,
+        message: format!("out of memory ({limit})"),
+    }
 }
 
 /// The `process.json` of a process that joins a sandbox; it is removed when dropped.

@@ -154,6 +154,7 @@ pub fn exec(
         id: name,
         state_root: &state_root,
         bundle: &bundle,
+        timeout: None,
     };
     launch::exec(&target, Some(command), stdio, terminal.as_ref()).map(|outcome| outcome.status)
 }

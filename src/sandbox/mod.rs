@@ -204,8 +204,9 @@ pub(crate) fn run_with_stdio(
     let result = prepare_and_launch(&request, &sandbox_dir, stdio);
 
     let cleanup_started = Instant::now();
+    // A kept sandbox stays when only its command failed, timed out or ran out of memory.
     let cleanup = match (&result, request.keep) {
-        (Ok(_), true) => Ok(()),
+        (Ok(_) | Err(RunError::Exec { .. } | RunError::Killed { .. }), true) => Ok(()),
         _ => remove(&request.sandbox_dir, &request.state_root, &request.id),
     };
     let cleanup_time = cleanup_started.elapsed();
