@@ -813,7 +813,7 @@ fn missing_iptables_fails_the_run() {
     let root = common::shared_root();
     let config = common::mirror_config(&env, root);
     let busybox = busybox(&env);
-    // A PATH without iptables-save: the rule check cannot run, so no sandbox may start.
+    // A PATH without iptables-save: the rule check cannot run, so the command must not start.
     let empty = tempfile::tempdir().unwrap();
     let run_without_path = |network: &str| {
         output(
@@ -826,6 +826,7 @@ fn missing_iptables_fails_the_run() {
                 .args(["--network", network, "echo", "started"]),
         )
     };
+
     let failed = run_without_path("isolated");
     assert_eq!(failed.code, 125, "{}", failed.stderr);
     assert_eq!(failed.stdout, "");
@@ -835,6 +836,7 @@ fn missing_iptables_fails_the_run() {
         "{}",
         failed.stderr
     );
+
     // Without an isolated network the same PATH works.
     let started = run_without_path("none");
     assert_eq!(started.code, 0, "{}", started.stderr);
