@@ -1,4 +1,5 @@
-//! Runs every fuzz target's checks on its committed seeds and on the corpus that
+//! Runs every fuzz target's checks on its committed seeds in `seeds/<target>/`, on the
+//! committed inputs of fixed crashes in `regressions/<target>/` and on the corpus that
 //! `cargo fuzz` has grown in `corpus/<target>/`, if any. This needs only stable Rust,
 //! so the targets' checks also run where libFuzzer cannot.
 //!
@@ -8,14 +9,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Returns the files in `seeds/<target>/` and `corpus/<target>/`, sorted.
-fn inputs(target: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// Directories below the fuzz crate whose `<target>/` subdirectories hold inputs.
+const INPUT_DIRS: [&str; 3] = ["seeds", "regressions", "corpus"];
+
+/// Returns the files in `seeds/<target>/`, `regressions/<target>/` and
+/// `corpus/<target>/` below `root`, sorted.
+fn inputs(root: &Path, target: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for dir in [
-        root.join("seeds").join(target),
-        root.join("corpus").join(target),
-    ] {
+    for dir in INPUT_DIRS.map(|dir| root.join(dir).join(target)) {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
@@ -32,7 +33,7 @@ fn inputs(target: &str) -> Vec<PathBuf> {
 
 /// Runs `check` on every input of `target` and returns how many there were.
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let files = inputs(target);
+    let files = inputs(Path::new(env!("CARGO_MANIFEST_DIR")), target);
     for path in &files {
         let data = fs::read(path).unwrap();
         eprintln!("{target}: {}", path.display());
@@ -58,6 +59,28 @@ fn parse_documents_corpus() {
 #[test]
 fn parse_references_corpus() {
     assert!(replay("parse_references", rootfs_cache_fuzz::parse_references) >= 4);
+}
+
+#[test]
+fn inputs_include_seeds_regressions_and_corpus() {
+    let root = tempfile::tempdir().unwrap();
+    for dir in INPUT_DIRS {
+        fs::create_dir_all(root.path().join(dir).join("parse_references")).unwrap();
+        fs::write(
+            root.path().join(dir).join("parse_references").join("input"),
+            dir,
+        )
+        .unwrap();
+    }
+    fs::create_dir(root.path().join("regressions/parse_references/subdir")).unwrap();
+    fs::create_dir_all(root.path().join("regressions/parse_documents")).unwrap();
+    fs::write(root.path().join("regressions/parse_documents/other"), "{}").unwrap();
+
+    let expected: Vec<PathBuf> = ["corpus", "regressions", "seeds"]
+        .iter()
+        .map(|dir| root.path().join(dir).join("parse_references/input"))
+        .collect();
+    assert_eq!(inputs(root.path(), "parse_references"), expected);
 }
 
 /// Reports whether this process runs as root: the kernel gives `/proc/self` the
