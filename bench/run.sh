@@ -250,12 +250,14 @@ machine_info() {
 
 # Writes the runc bundle for PROFILE (moderate or restrictive): `runc spec`,
 # edited with jq to carry the settings of agentkernel's own config.json for that
-# profile, taken from a sandbox kept with `run --keep` and removed again.
+# profile, taken from a sandbox kept with `run --keep` and removed again. With
+# --fast the seccomp filter moves out of config.json into a compiled program, so
+# the kept sandbox runs with --fast=false to keep the filter in the spec.
 write_runc_bundle() {
 	local profile=$1 bundle=$data/runc/$1 name=bench-spec-$1
 	local kept=$data/ak-warm/sandboxes/$name
-	"$agentkernel" --root "$data/ak-warm" run --keep --name "$name" --profile "$profile" \
-		--image "$busybox" true </dev/null >/dev/null
+	"$agentkernel" --root "$data/ak-warm" run --keep --fast=false --name "$name" \
+		--profile "$profile" --image "$busybox" true </dev/null >/dev/null
 	mkdir -p "$bundle/etc"
 	cp "$kept/config.json" "$data/runc/agentkernel-$profile.json"
 	cp "$kept"/etc/* "$bundle/etc/"
