@@ -7,7 +7,8 @@
 //! process. One static iptables rule set (see [`firewall`]) covers all sandboxes: it masquerades
 //! their outbound traffic and drops everything they send to the host itself (which covers every
 //! host address), to 169.254.0.0/16 and to other sandboxes. Each setup checks the rule set and
-//! reinstalls missing rules before the sandbox gets its link, and fails if that fails. The host
+//! reinstalls missing rules before the sandbox gets its link, and fails if that fails; the
+//! check is skipped while the nftables ruleset is unchanged since a complete one. The host
 //! side has IPv6 disabled, so no link-local IPv6 route to the host exists either. The sandbox's
 //! `127.0.0.1` is its own loopback.
 //!
@@ -17,6 +18,7 @@
 //! [`remove_unused_rules`] while no sandbox link exists.
 
 mod firewall;
+mod generation;
 mod netlink;
 
 use std::fs::File;

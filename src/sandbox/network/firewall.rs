@@ -18,6 +18,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
+use super::generation::{Stamp, saved_by_nf_tables};
+
 /// One chain of the rule set and the built-in chain that jumps to it.
 struct ChainRules {
     table: &'static str,
@@ -58,12 +60,21 @@ const CHAINS: [ChainRules; 3] = [
 const TABLES: [&str; 2] = ["filter", "nat"];
 
 /// Installs the rule set unless `iptables-save` shows it complete, with each jump first in its
-/// built-in chain. Costs one `iptables-save` when nothing is missing. The caller holds the
+/// built-in chain. Costs one `iptables-save` when nothing is missing, and nothing while the
+/// nftables ruleset is unchanged since a complete check (see [`Stamp`]). The caller holds the
 /// network lock.
 pub(super) fn ensure_installed() -> anyhow::Result<()> {
+    // Read before the check, so a change after this point gives the next run another stamp.
+    let stamp = Stamp::current();
+    if stamp.is_some() && stamp == Stamp::recorded() {
+        return Ok(());
+    }
     let saved = iptables_save()?;
     let ruleset = Ruleset::parse(&saved);
     if ruleset.is_installed() {
+        if let (Some(stamp), true) = (stamp, saved_by_nf_tables(&saved)) {
+            stamp.record();
+        }
         return Ok(());
     }
     tracing::info!("installing the iptables rules of isolated sandboxes");
@@ -81,6 +92,7 @@ pub(super) fn ensure_installed() -> anyhow::Result<()> {
 /// Removes the rule set, the jumps and the chains, and returns whether any of them existed.
 /// Rules that are already gone are skipped. The caller holds the network lock.
 pub(super) fn remove() -> anyhow::Result<bool> {
+    Stamp::forget().context("failed to remove the record of the last rule check")?;
     let ruleset = Ruleset::parse(&iptables_save()?);
     let Some(script) = ruleset.removal_script() else {
         return Ok(false);
