@@ -9,7 +9,9 @@
 //!
 //! [`start`] lets a background thread take that wait while the run mounts the overlay and writes
 //! the bundle: it writes this process's own pid into the `cgroup.procs` of the cgroup the process
-//! is already in, which moves nothing.
+//! is already in, which moves nothing. It writes only when that file lists the process, so a
+//! path that names another cgroup (in a cgroup namespace, say) is left alone. A pid that does
+//! not exist would not do: Linux 6.18 looks the task up before it takes the lock.
 
 use std::path::PathBuf;
 
@@ -21,7 +23,16 @@ pub fn start() {
     let spawned = std::thread::Builder::new()
         .name("cgroup-warmup".to_string())
         .spawn(move || {
-            if let Err(error) = std::fs::write(&procs, std::process::id().to_string()) {
+            let pid = std::process::id().to_string();
+            // In a cgroup namespace, or with another hierarchy mounted at the path, the file
+            // may belong to another cgroup, and the write would move this process there.
+            let listed = std::fs::read_to_string(&procs)
+                .is_ok_and(|members| members.lines().any(|line| line == pid));
+            if !listed {
+                tracing::debug!(path = %procs.display(), "not this process's cgroup, no warm-up");
+                return;
+            }
+            if let Err(error) = std::fs::write(&procs, &pid) {
                 tracing::debug!(path = %procs.display(), %error, "cgroup warm-up write failed");
             }
         });

@@ -374,7 +374,16 @@ fn parse_marker(text: &str) -> Option<(&str, u32)> {
 
 /// Takes the lock that serializes changes to the sandbox networks and the iptables rule set.
 fn lock() -> anyhow::Result<nix::fcntl::Flock<File>> {
-    let file = File::create(LOCK_FILE).with_context(|| format!("failed to open {LOCK_FILE}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    // Mode 0600 whatever the umask: a user who can open the file could hold the lock.
+    let file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(LOCK_FILE)
+        .with_context(|| format!("failed to open {LOCK_FILE}"))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| errno)
         .with_context(|| format!("failed to lock {LOCK_FILE}"))
