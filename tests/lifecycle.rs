@@ -252,7 +252,15 @@ fn kept_command_limits_are_reported() {
     let base = ["--image", image.as_str(), "--keep"];
 
     let mut args = base.to_vec();
-    args.extend(["--name", "slow", "--timeout", "1", "sleep", "30"]);
+    args.extend([
+        "--name",
+        "slow",
+        "--timeout",
+        "1",
+        "sh",
+        "-c",
+        "sleep 4241 & sleep 30",
+    ]);
     let started = Instant::now();
     let slow = run_in(&env, root.path(), &args);
     assert_eq!(slow.code, 124, "{}", slow.stderr);
@@ -267,6 +275,30 @@ fn kept_command_limits_are_reported() {
     let alive = ak(root.path(), &["exec", "slow", "echo", "alive"]);
     assert_eq!(alive.code, 0, "{}", alive.stderr);
     assert_eq!(alive.stdout, "alive\n");
+    // The timeout also killed the background sleep that the command started.
+    let processes = ak(root.path(), &["exec", "slow", "ps", "-o", "args"]);
+    assert_eq!(processes.code, 0, "{}", processes.stderr);
+    assert!(!processes.stdout.contains("4241"), "{}", processes.stdout);
+    // The init shows its own name, not the host's command line.
+    let init = ak(root.path(), &["exec", "slow", "cat", "/proc/1/cmdline"]);
+    // The kernel returns the whole argument area, zeros included.
+    assert_eq!(
+        init.stdout.trim_end_matches('\0'),
+        "agentkernel-init",
+        "{}",
+        init.stderr
+    );
+
+    // A kept sandbox's filter stays in its spec, where every exec reads it.
+    let config = root.path().join("sandboxes/slow/config.json");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    assert!(spec["linux"]["seccomp"]["syscalls"].is_array(), "{spec}");
+    let filtered = ak(
+        root.path(),
+        &["exec", "slow", "grep", "Seccomp:", "/proc/self/status"],
+    );
+    assert_eq!(filtered.stdout, "Seccomp:\t2\n", "{}", filtered.stderr);
 
     let mut args = base.to_vec();
     args.extend([

@@ -55,7 +55,9 @@ pub(super) enum SandboxExecutor {
 
 impl Executor for SandboxExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        close_inherited_fds();
+        // Everything that can fail comes before `close_inherited_fds`, which also closes the
+        // channel on which libcontainer reports an error of this function to the caller.
+        //
         // A precompiled filter replaces the spec's `linux.seccomp`, which libcontainer would
         // otherwise have compiled and installed just before this call.
         let (SandboxExecutor::Command { filter }
@@ -66,7 +68,11 @@ impl Executor for SandboxExecutor {
                 ExecutorError::Other(format!("failed to install the seccomp filter: {errno}"))
             })?;
         }
+        if !matches!(self, SandboxExecutor::Tenant { .. }) {
+            hide_command_line();
+        }
         if let SandboxExecutor::KeepAlive { .. } = self {
+            close_inherited_fds();
             set_signal_mask(!0);
             reap_forever();
         }
@@ -87,8 +93,13 @@ impl Executor for SandboxExecutor {
                     ExecutorError::Other(format!("failed to install the seccomp filter: {error}"))
                 })?;
             }
+            close_inherited_fds();
+            // Its own process group, so a timeout can kill what the command started too. A
+            // session leader (with a terminal) already leads its group, and the call fails.
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             exec_command(&path, &argv, &envp, command);
         }
+        close_inherited_fds();
 
         // Blocking everything before the fork means no signal is lost before `supervise` waits.
         set_signal_mask(!0);
@@ -118,6 +129,45 @@ impl Executor for SandboxExecutor {
     fn setup_envs(&self, _envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
         // `exec` passes the spec's environment to execve; the spec always contains HOME.
         Ok(())
+    }
+}
+
+/// Name that the sandbox's processes see in the init's `/proc/1/cmdline`.
+const INIT_NAME: &[u8] = b"agentkernel-init\0";
+
+/// Overwrites this process's argument strings, which `/proc/<pid>/cmdline` shows.
+///
+/// The init is a clone of the `agentkernel` process and never calls `execve`, so without this
+/// every process in the sandbox could read the host's command line from `/proc/1/cmdline`:
+/// the binary's path, `--root`, `-v` host paths and `-e` values. The argument area lies in
+/// this process's writable stack, at the addresses the kernel reports in fields 48 and 49 of
+/// `/proc/self/stat`. Nothing reads the arguments after this point.
+fn hide_command_line() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // The fields after the command name, which ends at the last ')', start with field 3.
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return;
+    };
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    let (Some(Ok(start)), Some(Ok(end))) = (
+        fields.get(48 - 3).map(|field| field.parse::<usize>()),
+        fields.get(49 - 3).map(|field| field.parse::<usize>()),
+    ) else {
+        return;
+    };
+    if start == 0 || end <= start {
+        return;
+    }
+    let length = end - start;
+    // SAFETY: the kernel reports [start, end) as this process's argument area, which lies in
+    // its mapped, writable initial stack; nothing else accesses it while the bytes are written.
+    unsafe {
+        let area = start as *mut u8;
+        std::ptr::write_bytes(area, 0, length);
+        let name = &INIT_NAME[..INIT_NAME.len().min(length)];
+        std::ptr::copy_nonoverlapping(name.as_ptr(), area, name.len());
     }
 }
 

@@ -39,11 +39,9 @@ pub(super) struct LaunchRequest<'a> {
     pub console_socket: Option<&'a Path>,
     /// Precompiled seccomp filter that the init installs; the spec then has no `linux.seccomp`.
     pub filter: Option<&'a Program>,
+    /// Directory of precompiled seccomp filters for the commands of a kept sandbox.
+    pub seccomp_cache: Option<&'a Path>,
 }
-
-/// File in the bundle of a kept sandbox that holds its precompiled seccomp filter, which every
-/// `exec` installs.
-pub(super) const FILTER_FILE: &str = "seccomp.bpf";
 
 /// Creates the container, starts it, waits for it and deletes it.
 ///
@@ -156,6 +154,7 @@ pub(super) fn launch_kept(
         state_root: request.state_root,
         bundle: request.bundle,
         timeout: request.timeout,
+        seccomp_cache: request.seccomp_cache,
     };
     let mut outcome = exec(&target, None, stdio, terminal)?;
     outcome.timings.prepare = timings.prepare;
@@ -178,8 +177,12 @@ pub(super) struct ExecTarget<'a> {
     pub state_root: &'a Path,
     /// Directory that contains the sandbox's `config.json`.
     pub bundle: &'a Path,
-    /// Time after which the process is killed; the sandbox keeps running.
+    /// Time after which the process and its process group are killed; the sandbox keeps
+    /// running.
     pub timeout: Option<Duration>,
+    /// Directory of precompiled seccomp filters; `None` lets libcontainer compile the spec's
+    /// filter in the process.
+    pub seccomp_cache: Option<&'a Path>,
 }
 
 /// Runs `command` (or the command of the sandbox's spec when it is `None`) as a new process in
@@ -218,10 +221,14 @@ pub(super) fn exec(
         .and_then(|resources| resources.memory().as_ref())
         .and_then(|memory| memory.limit())
         .and_then(|limit| u64::try_from(limit).ok());
-    let filter_file = target.bundle.join(FILTER_FILE);
-    let filter = match filter_file.exists() {
-        true => Some(Program::read(&filter_file)?),
-        false => None,
+    let filter = match (target.seccomp_cache, &seccomp) {
+        (Some(cache), Some(seccomp)) => Program::cached(cache, seccomp).with_context(|| {
+            format!(
+                "failed to prepare the seccomp filter in {}",
+                cache.display()
+            )
+        })?,
+        _ => None,
     };
     let process_file = ProcessFile::write(target.bundle, &process)?;
 
@@ -297,8 +304,12 @@ fn wait_for_tenant(
         Some(terminal) => Some(terminal.attach()?),
         None => None,
     };
+    // The process leads its own process group (see `SandboxExecutor::Tenant`), so killing the
+    // group also stops the processes it started, unless they left the group.
     let status = exit::wait_for_exit(pid, &mut forwarder, &mut || {
-        kill(pid, Signal::SIGKILL)
+        let group = Pid::from_raw(-pid.as_raw());
+        kill(group, Signal::SIGKILL)
+            .or_else(|_| kill(pid, Signal::SIGKILL))
             .or_else(|errno| match errno {
                 Errno::ESRCH => Ok(()),
                 errno => Err(errno),

@@ -132,6 +132,7 @@ pub fn exec(
         )));
     }
     let state_root = state_root(root);
+    let seccomp_cache = root.join("seccomp");
     if status(root, name) != "running" {
         return Err(RunError::Sandbox(anyhow::anyhow!(
             "sandbox {name} is not running: remove it with `agentkernel rm {name}`"
@@ -155,6 +156,7 @@ pub fn exec(
         state_root: &state_root,
         bundle: &bundle,
         timeout: None,
+        seccomp_cache: Some(&seccomp_cache),
     };
     launch::exec(&target, Some(command), stdio, terminal.as_ref()).map(|outcome| outcome.status)
 }

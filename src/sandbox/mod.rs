@@ -269,7 +269,7 @@ fn prepare_and_launch(
     if let Some(process) = spec.process_mut() {
         process.set_terminal(Some(terminal.is_some() && !request.keep));
     }
-    let filter = precompile_filter(request, &mut spec, &sandbox_dir)?;
+    let filter = precompile_filter(request, &mut spec)?;
     let config = sandbox_dir.join("config.json");
     spec.save(&config)
         .with_context(|| format!("failed to write {}", config.display()))?;
@@ -288,6 +288,7 @@ fn prepare_and_launch(
             false => terminal.as_ref().map(Terminal::socket_path),
         },
         filter: filter.as_ref(),
+        seccomp_cache: request.seccomp_cache.as_deref(),
     };
     let mut outcome = match request.keep {
         true => launch::launch_kept(&launch_request, stdio, terminal.as_ref())?,
@@ -298,14 +299,15 @@ fn prepare_and_launch(
 }
 
 /// Moves the spec's seccomp filter into a precompiled [`Program`] from the request's cache, when
-/// it has one and the filter allows it, and saves the program in a kept sandbox's directory for
-/// `exec`.
+/// it has one and the filter allows it.
+///
+/// A kept sandbox keeps the filter in its spec, because every `exec` reads it from there: a
+/// filter stored in a file of its own would leave `exec` unfiltered once that file is gone.
 fn precompile_filter(
     request: &SandboxRequest,
     spec: &mut libcontainer::oci_spec::runtime::Spec,
-    sandbox_dir: &Path,
 ) -> anyhow::Result<Option<Program>> {
-    let Some(cache) = &request.seccomp_cache else {
+    let (Some(cache), false) = (&request.seccomp_cache, request.keep) else {
         return Ok(None);
     };
     let Some(linux) = spec.linux_mut() else {
@@ -324,9 +326,6 @@ fn precompile_filter(
         return Ok(None);
     };
     linux.set_seccomp(None);
-    if request.keep {
-        program.write(&sandbox_dir.join(launch::FILTER_FILE))?;
-    }
     Ok(Some(program))
 }
 

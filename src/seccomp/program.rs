@@ -10,7 +10,9 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use libcontainer::oci_spec::runtime::{
@@ -19,7 +21,10 @@ use libcontainer::oci_spec::runtime::{
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::libc;
+use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 
 /// Size of one `struct sock_filter` instruction.
@@ -30,6 +35,9 @@ const MAX_INSTRUCTIONS: usize = 4096;
 
 /// Changes whenever the meaning of a cached program changes, so old files are not reused.
 const FORMAT: &str = "agentkernel-seccomp-bpf-1";
+
+/// First bytes of a cache file; a SHA-256 of the program and the program follow.
+const CACHE_MAGIC: &[u8; 8] = b"AKBPF1\n\0";
 
 /// A seccomp filter as BPF instructions for the native architecture.
 #[derive(Clone)]
@@ -81,18 +89,26 @@ impl Program {
     }
 
     /// Returns the compiled `filter` from `cache_dir`, compiling and storing it there first when
-    /// it is missing. A file that cannot be read as a program is replaced.
+    /// it is missing or damaged.
+    ///
+    /// The directory is created with mode 0700 and used only while it is owned by this user and
+    /// writable by no one else, because a program in it becomes the filter of every sandbox.
+    /// Otherwise the filter is compiled without the cache. Each file starts with a SHA-256 of
+    /// its program, so a truncated or damaged file is compiled again instead of being loaded.
     pub fn cached(cache_dir: &Path, filter: &LinuxSeccomp) -> anyhow::Result<Option<Program>> {
         if !precompilable(filter) {
             return Ok(None);
         }
-        let path = cache_dir.join(format!("{}.bpf", cache_key(filter)?));
-        match Program::read(&path) {
-            Ok(program) => return Ok(Some(program)),
-            Err(error)
-                if error.downcast_ref::<io::Error>().map(io::Error::kind)
-                    == Some(io::ErrorKind::NotFound) => {}
+        let Some(dir) = open_cache_dir(cache_dir)? else {
+            return Program::compile(filter);
+        };
+        let name = format!("{}.bpf", cache_key(filter)?);
+        let path = cache_dir.join(&name);
+        match read_cached(&dir, &name) {
+            Ok(Some(program)) => return Ok(Some(program)),
+            Ok(None) => {}
             Err(error) => tracing::warn!(
+                path = %path.display(),
                 error = %format!("{error:#}"),
                 "invalid cached seccomp program, compiling the filter again"
             ),
@@ -100,32 +116,9 @@ impl Program {
         let Some(program) = Program::compile(filter)? else {
             return Ok(None);
         };
-        std::fs::create_dir_all(cache_dir)
-            .with_context(|| format!("failed to create {}", cache_dir.display()))?;
-        program.write(&path)?;
+        write_cached(&dir, &name, &program)
+            .with_context(|| format!("failed to write {}", path.display()))?;
         Ok(Some(program))
-    }
-
-    /// Reads a program written by [`Program::write`].
-    pub fn read(path: &Path) -> anyhow::Result<Program> {
-        let bytes = std::fs::read(path)?;
-        Program::from_bytes(&bytes)
-            .with_context(|| format!("invalid seccomp program {}", path.display()))
-    }
-
-    /// Writes the program to `path` atomically: through a temporary file in the same directory
-    /// and a rename, so readers see the whole program or nothing.
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let temporary = temporary_path(path);
-        let result = (|| -> io::Result<()> {
-            let mut file = File::create(&temporary)?;
-            file.write_all(&self.to_bytes())?;
-            std::fs::rename(&temporary, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
-        result.with_context(|| format!("failed to write {}", path.display()))
     }
 
     /// Installs the filter on the calling thread with `seccomp(SECCOMP_SET_MODE_FILTER)`.
@@ -202,6 +195,103 @@ fn precompilable(filter: &LinuxSeccomp) -> bool {
     !notify && !flags
 }
 
+/// Opens `cache_dir`, creating it with mode 0700. Returns `None` with a warning when it is not
+/// owned by this user or others can write to it.
+fn open_cache_dir(cache_dir: &Path) -> anyhow::Result<Option<OwnedFd>> {
+    match std::fs::DirBuilder::new().mode(0o700).create(cache_dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("failed to create {}", cache_dir.display()));
+        }
+    }
+    let dir = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(cache_dir)
+        .with_context(|| format!("failed to open {}", cache_dir.display()))?;
+    let metadata = dir.metadata()?;
+    if metadata.uid() != nix::unistd::geteuid().as_raw() || metadata.mode() & 0o022 != 0 {
+        tracing::warn!(
+            path = %cache_dir.display(),
+            uid = metadata.uid(),
+            mode = format!("{:o}", metadata.mode() & 0o7777),
+            "seccomp cache not used: others can write to it; remove it to have it recreated"
+        );
+        return Ok(None);
+    }
+    Ok(Some(dir.into()))
+}
+
+/// Reads the program `name` from the cache directory `dir`; `None` when there is none.
+fn read_cached(dir: &OwnedFd, name: &str) -> anyhow::Result<Option<Program>> {
+    let fd = match nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(errno) => return Err(errno.into()),
+    };
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let Some(program) = bytes.strip_prefix(CACHE_MAGIC) else {
+        bail!("no {CACHE_MAGIC:?} header");
+    };
+    let (checksum, program) = program.split_at(program.len().min(32));
+    if Sha256::digest(program).as_slice() != checksum {
+        bail!("the checksum does not match the program");
+    }
+    Program::from_bytes(program).map(Some)
+}
+
+/// Writes `program` as `name` into the cache directory `dir`, mode 0600, through a temporary
+/// file and a rename, so readers see the whole file or none.
+fn write_cached(dir: &OwnedFd, name: &str, program: &Program) -> anyhow::Result<()> {
+    let temporary = format!("{name}.{}.tmp", std::process::id());
+    let _ = nix::unistd::unlinkat(
+        Some(dir.as_raw_fd()),
+        temporary.as_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        temporary.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let bytes = program.to_bytes();
+    let mut contents = CACHE_MAGIC.to_vec();
+    contents.extend_from_slice(&Sha256::digest(&bytes));
+    contents.extend_from_slice(&bytes);
+    let written = file
+        .write_all(&contents)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            nix::fcntl::renameat(
+                Some(dir.as_raw_fd()),
+                temporary.as_str(),
+                Some(dir.as_raw_fd()),
+                name,
+            )
+            .map_err(anyhow::Error::from)
+        });
+    if written.is_err() {
+        let _ = nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            temporary.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    written
+}
+
 /// Returns the file name stem of `filter`'s cached program: a SHA-256 of the format, the
 /// architecture, the libseccomp version and the filter's JSON.
 fn cache_key(filter: &LinuxSeccomp) -> anyhow::Result<String> {
@@ -224,12 +314,6 @@ fn cache_key(filter: &LinuxSeccomp) -> anyhow::Result<String> {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect())
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
 }
 
 /// Builds the libseccomp context of `filter`, reading each field as libcontainer 0.7 does.
@@ -356,6 +440,7 @@ fn scmp_arch(arch: Arch) -> ScmpArch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn default_filter() -> LinuxSeccomp {
         crate::seccomp::default_filter(&HashSet::new()).unwrap()
@@ -372,23 +457,28 @@ mod tests {
         assert!(program.instructions.len() <= MAX_INSTRUCTIONS);
     }
 
+    fn only_file(dir: &Path) -> std::path::PathBuf {
+        let files: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        files[0].as_ref().unwrap().path()
+    }
+
     #[test]
     fn cache_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("seccomp");
         let filter = default_filter();
-        let compiled = Program::cached(dir.path(), &filter).unwrap().unwrap();
-        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(files.len(), 1);
-        let path = files[0].as_ref().unwrap().path();
+        let compiled = Program::cached(&dir, &filter).unwrap().unwrap();
+        let metadata = std::fs::metadata(&dir).unwrap();
+        assert_eq!(metadata.mode() & 0o777, 0o700);
+        let path = only_file(&dir);
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.mode() & 0o777, 0o600);
         assert_eq!(
-            std::fs::metadata(&path).unwrap().len() as usize,
-            compiled.instructions.len() * INSTRUCTION_SIZE
+            metadata.len() as usize,
+            CACHE_MAGIC.len() + 32 + compiled.instructions.len() * INSTRUCTION_SIZE
         );
-        assert_eq!(Program::read(&path).unwrap(), compiled);
-        assert_eq!(
-            Program::cached(dir.path(), &filter).unwrap().unwrap(),
-            compiled
-        );
+        assert_eq!(Program::cached(&dir, &filter).unwrap().unwrap(), compiled);
     }
 
     #[test]
@@ -396,18 +486,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let filter = default_filter();
         let compiled = Program::cached(dir.path(), &filter).unwrap().unwrap();
-        let path = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        std::fs::write(&path, b"12345").unwrap();
-        assert_eq!(
-            Program::cached(dir.path(), &filter).unwrap().unwrap(),
-            compiled
-        );
-        assert_eq!(Program::read(&path).unwrap(), compiled);
+        let path = only_file(dir.path());
+        let valid = std::fs::read(&path).unwrap();
+        // Zero bytes make an invalid BPF program of the right length; a flipped byte of the
+        // program keeps the header but breaks the checksum.
+        let mut flipped = valid.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        for damaged in [b"12345".to_vec(), vec![0; 8], flipped] {
+            std::fs::write(&path, &damaged).unwrap();
+            assert_eq!(
+                Program::cached(dir.path(), &filter).unwrap().unwrap(),
+                compiled
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), valid);
+        }
+    }
+
+    #[test]
+    fn cache_others_can_write_is_not_used() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("seccomp");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let filter = default_filter();
+        let compiled = Program::cached(&dir, &filter).unwrap().unwrap();
+        assert_eq!(compiled, Program::compile(&filter).unwrap().unwrap());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[test]
