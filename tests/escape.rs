@@ -278,6 +278,35 @@ fn fork_bomb_stops_at_pids_limit() {
     assert!(host.success());
 }
 
+/// A custom filter that kills on a system call gives the shell status for SIGSYS and says
+/// why, with the precompiled filter and with libcontainer's.
+#[test]
+fn seccomp_kill_is_reported() {
+    let Some(env) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let filter = dir.path().join("kill-mkdir.json");
+    std::fs::write(
+        &filter,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_KILL"}]}"#,
+    )
+    .unwrap();
+    let filter = filter.to_str().unwrap();
+    for fast in ["--fast=true", "--fast=false"] {
+        let result = sh(
+            &env,
+            "moderate",
+            &[fast, "--seccomp", filter],
+            "mkdir /tmp/x",
+        );
+        assert_eq!(result.code, 159, "{fast}: {}", result.stderr);
+        assert_eq!(
+            result.stderr,
+            "agentkernel: killed by SIGSYS: the seccomp filter blocked a system call\n",
+            "{fast}"
+        );
+    }
+}
+
 #[test]
 fn memory_hog_is_reported() {
     let Some(env) = env() else { return };

@@ -115,6 +115,9 @@ pub(super) fn launch(
     if out_of_memory {
         return Err(out_of_memory_error(request.memory_limit));
     }
+    if status == SIGSYS_STATUS {
+        return Err(seccomp_kill_error());
+    }
     Ok(RunOutcome {
         status,
         stdout,
@@ -283,6 +286,9 @@ pub(super) fn exec(
     if status == 137 && exit::oom_kills(target.id) > oom_kills_before {
         return Err(out_of_memory_error(memory_limit));
     }
+    if status == SIGSYS_STATUS {
+        return Err(seccomp_kill_error());
+    }
     Ok(RunOutcome {
         status,
         stdout,
@@ -330,6 +336,18 @@ fn timed_out_error(timeout: Duration, killed: &str) -> RunError {
             "timed out after {} s: {killed} was killed",
             timeout.as_secs_f64()
         ),
+    }
+}
+
+/// Exit status of a process killed by SIGSYS, which a seccomp `SCMP_ACT_KILL` action sends.
+const SIGSYS_STATUS: i32 = 128 + nix::libc::SIGSYS;
+
+/// Returns the error of a process killed by SIGSYS. With a filter whose default action kills,
+/// that can be the sandbox's init, before the command starts.
+fn seccomp_kill_error() -> RunError {
+    RunError::Killed {
+        code: SIGSYS_STATUS,
+        message: "killed by SIGSYS: the seccomp filter blocked a system call".to_string(),
     }
 }
 
