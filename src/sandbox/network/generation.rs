@@ -231,6 +231,7 @@ fn parse_reply(datagram: &[u8], sequence: u32) -> io::Result<Option<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::testutil::require_root;
     use std::process::Command;
 
     #[test]
@@ -263,12 +264,7 @@ mod tests {
 
     #[test]
     fn generation_counts_ruleset_changes() {
-        if !nix::unistd::geteuid().is_root() {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI runs as root"
-            );
+        if !require_root() {
             return;
         }
         let (namespace, before) = ruleset_generation().unwrap();
@@ -287,12 +283,7 @@ mod tests {
 
     #[test]
     fn namespaces_have_their_own_cookie() {
-        if !nix::unistd::geteuid().is_root() {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI runs as root"
-            );
+        if !require_root() {
             return;
         }
         let (host, _) = ruleset_generation().unwrap();
