@@ -78,17 +78,48 @@ pub fn list(root: &Path, args: ListArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&sandboxes)?);
         return Ok(());
     }
-    println!(
-        "{:<24} {:<32} {:<12} {:<8} CREATED",
-        "NAME", "IMAGE", "PROFILE", "STATUS"
+    let rows: Vec<[&str; 5]> = sandboxes
+        .iter()
+        .map(|sandbox| {
+            [
+                sandbox.name.as_str(),
+                sandbox.image.as_str(),
+                sandbox.profile.as_str(),
+                sandbox.status.as_str(),
+                sandbox.created.as_str(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(["NAME", "IMAGE", "PROFILE", "STATUS", "CREATED"], &rows)
     );
-    for sandbox in sandboxes {
-        println!(
-            "{:<24} {:<32} {:<12} {:<8} {}",
-            sandbox.name, sandbox.image, sandbox.profile, sandbox.status, sandbox.created
-        );
-    }
     Ok(())
+}
+
+/// Formats a table with each column as wide as its longest cell, three spaces between
+/// columns (as `docker ps` prints them) and no spaces at the end of a line.
+fn table<const N: usize>(header: [&str; N], rows: &[[&str; N]]) -> String {
+    let mut widths = header.map(|cell| cell.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (column, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if column + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   "));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
 }
 
 /// Stops and removes the named sandboxes, or all with `--all`, and prints each name.
@@ -136,4 +167,48 @@ pub fn use_tty(tty: Option<bool>, interactive: Option<bool>) -> anyhow::Result<b
         );
     }
     Ok(tty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_fits_long_cells() {
+        let image = "registry.example.com:5000/team/project/python:3.12-alpine";
+        let text = table(
+            ["NAME", "IMAGE", "STATUS"],
+            &[
+                ["a", image, "running"],
+                ["run-0123abcd", "busybox", "stopped"],
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[0],
+            format!("NAME           {:<w$}   STATUS", "IMAGE", w = image.len())
+        );
+        assert_eq!(lines[1], format!("a              {image}   running"));
+        assert_eq!(
+            lines[2],
+            format!(
+                "run-0123abcd   {:<w$}   stopped",
+                "busybox",
+                w = image.len()
+            )
+        );
+    }
+
+    #[test]
+    fn table_without_rows_is_header() {
+        let text = table(["NAME", "IMAGE", "CREATED"], &[]);
+        assert_eq!(text, "NAME   IMAGE   CREATED\n");
+    }
+
+    #[test]
+    fn table_last_column_has_no_padding() {
+        let text = table(["A", "B"], &[["x", ""], ["long", "y"]]);
+        assert_eq!(text, "A      B\nx\nlong   y\n");
+    }
 }
