@@ -335,7 +335,8 @@ fn rmi_removes_the_record() {
     assert_eq!(
         again.stderr,
         format!(
-            "agentkernel: no image {reference} in the cache at {}; `agentkernel images` lists the cached images\n",
+            "agentkernel: no image {reference} in the cache at {}; `agentkernel --root {} images` lists the cached images\n",
+            root.path().display(),
             root.path().display()
         )
     );

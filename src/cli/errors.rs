@@ -1,6 +1,8 @@
 //! One-line error reports with a hint on what to do, and the exit code for agentkernel's
 //! own failures.
 
+use std::path::Path;
+
 use rootfs_cache::StoreError;
 use rootfs_cache::blobs::BlobError;
 use rootfs_cache::registry::RegistryError;
@@ -27,6 +29,28 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Returns `agentkernel ARGS` as a command to copy into a shell, with `--root DIR` when `root`
+/// is not the default root, so that the command acts on the same sandboxes and images.
+pub fn command_line(root: &Path, args: &str) -> String {
+    if root == Path::new(super::DEFAULT_ROOT) {
+        return format!("`agentkernel {args}`");
+    }
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    format!(
+        "`agentkernel --root {} {args}`",
+        shell_quote(&root.to_string_lossy())
+    )
+}
+
+/// Quotes `text` for a POSIX shell when it contains characters outside a safe set.
+fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 fn store_hint(error: &StoreError) -> &'static str {
@@ -111,6 +135,49 @@ mod tests {
             one_line(&error),
             "cannot pull busybox: read layer: unexpected EOF"
         );
+    }
+
+    #[test]
+    fn command_line_at_default_root() {
+        assert_eq!(
+            command_line(Path::new("/var/lib/agentkernel"), "rm y"),
+            "`agentkernel rm y`"
+        );
+        assert_eq!(
+            command_line(Path::new("/var/lib/agentkernel/"), "images"),
+            "`agentkernel images`"
+        );
+    }
+
+    #[test]
+    fn command_line_names_other_root() {
+        assert_eq!(
+            command_line(Path::new("/var/tmp/ak"), "rm y"),
+            "`agentkernel --root /var/tmp/ak rm y`"
+        );
+        assert_eq!(
+            command_line(Path::new("/var/tmp/my root"), "rm y"),
+            "`agentkernel --root '/var/tmp/my root' rm y`"
+        );
+    }
+
+    #[test]
+    fn command_line_makes_root_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            command_line(Path::new("state"), "images"),
+            format!(
+                "`agentkernel --root {} images`",
+                cwd.join("state").display()
+            )
+        );
+    }
+
+    #[test]
+    fn shell_quote_escapes_quotes() {
+        assert_eq!(shell_quote("/a/b-c_d.e"), "/a/b-c_d.e");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 
     #[test]

@@ -115,9 +115,10 @@ pub fn rmi(root: &Path, args: RmiArgs) -> anyhow::Result<()> {
     }
     if !missing.is_empty() {
         anyhow::bail!(
-            "no image {} in the cache at {}; `agentkernel images` lists the cached images",
+            "no image {} in the cache at {}; {} lists the cached images",
             missing.join(", "),
-            root.display()
+            root.display(),
+            super::errors::command_line(root, "images")
         );
     }
     Ok(())

@@ -14,6 +14,10 @@ use clap::{Parser, Subcommand};
 
 pub use errors::EXIT_AGENTKERNEL_FAILED;
 
+/// Directory of the image cache and sandbox state when neither --root nor AGENTKERNEL_ROOT
+/// sets one.
+const DEFAULT_ROOT: &str = "/var/lib/agentkernel";
+
 /// Runs commands in throw-away Linux sandboxes made from OCI images, without a daemon.
 #[derive(Debug, Parser)]
 #[command(name = "agentkernel", version, about, max_term_width = 100)]
@@ -24,7 +28,7 @@ pub struct Cli {
         global = true,
         env = "AGENTKERNEL_ROOT",
         value_name = "DIR",
-        default_value = "/var/lib/agentkernel"
+        default_value = DEFAULT_ROOT
     )]
     pub root: PathBuf,
 

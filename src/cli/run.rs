@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use rootfs_cache::{Image, ImageSource, ImageStore};
 
-use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
+use super::errors::{EXIT_AGENTKERNEL_FAILED, command_line, report};
 use super::pull::{pull_image, registry_config, unpack_options};
 use super::sandbox_layers;
 use crate::config::Config;
@@ -117,7 +117,8 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     let sandbox_dir = root.join("sandboxes").join(&id);
     if sandbox_dir.exists() {
         anyhow::bail!(
-            "sandbox name {id} is already in use: choose another --name or `agentkernel rm {id}`"
+            "sandbox name {id} is already in use: choose another --name or {}",
+            command_line(root, &format!("rm {id}"))
         );
     }
     let tty = super::sandboxes::use_tty(args.tty, args.interactive)?;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use clap::Args;
 
-use super::errors::{EXIT_AGENTKERNEL_FAILED, report};
+use super::errors::{EXIT_AGENTKERNEL_FAILED, command_line, report};
 use crate::sandbox::{self, ExecOptions, RunError};
 
 #[derive(Debug, Args)]
@@ -64,6 +64,16 @@ pub fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
             Ok(code)
         }
         Err(RunError::Sandbox(error)) => {
+            // The sandbox's own message for a stopped sandbox names `agentkernel rm` without
+            // --root, so this one, with the root of this command, replaces it.
+            let error = match stopped(root, &args.name) {
+                true => anyhow::anyhow!(
+                    "sandbox {} is not running: remove it with {}",
+                    args.name,
+                    command_line(root, &format!("rm {}", args.name))
+                ),
+                false => error,
+            };
             let error = error.context(format!("cannot run a command in sandbox {}", args.name));
             Ok(report(&error, None).max(EXIT_AGENTKERNEL_FAILED))
         }
@@ -120,6 +130,16 @@ fn table<const N: usize>(header: [&str; N], rows: &[[&str; N]]) -> String {
         text.push('\n');
     }
     text
+}
+
+/// Returns whether sandbox `name` exists below `root` and is not running.
+fn stopped(root: &Path, name: &str) -> bool {
+    let Ok(sandboxes) = sandbox::list(root) else {
+        return false;
+    };
+    sandboxes
+        .iter()
+        .any(|sandbox| sandbox.name == name && sandbox.status != "running")
 }
 
 /// Stops and removes the named sandboxes, or all with `--all`, and prints each name.
