@@ -239,7 +239,7 @@ fn process_env(input: &SpecInput, home: Option<&str>) -> Vec<String> {
 }
 
 /// Returns Docker's default capability set, without `CAP_NET_RAW` for the restrictive profile.
-fn capability_set(profile: Profile) -> HashSet<Capability> {
+pub(crate) fn capability_set(profile: Profile) -> HashSet<Capability> {
     let mut caps: HashSet<Capability> = [
         Capability::Chown,
         Capability::DacOverride,

@@ -1,6 +1,7 @@
 //! One-line error reports with a hint on what to do, and the exit code for agentkernel's
 //! own failures.
 
+use std::fmt;
 use std::path::Path;
 
 use rootfs_cache::StoreError;
@@ -27,8 +28,70 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         if let Some(store) = cause.downcast_ref::<StoreError>() {
             return Some(store_hint(store));
         }
+        if let Some(seccomp) = cause.downcast_ref::<SeccompFileError>() {
+            return Some(seccomp.hint());
+        }
     }
     None
+}
+
+/// The option a seccomp file came from, so that a hint names the setting to change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeccompOrigin {
+    /// `run --seccomp FILE`.
+    Flag,
+    /// `[security] seccomp` in the config file.
+    Config,
+}
+
+/// The kind of problem in a seccomp file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeccompProblem {
+    /// The file cannot be read or parsed, or libseccomp rejects a rule.
+    Invalid,
+    /// An action is `SCMP_ACT_NOTIFY`. It needs a listener process, which agentkernel does not
+    /// run, so libcontainer fails with "failed seccomp listener".
+    Notify,
+}
+
+/// A seccomp file that agentkernel cannot use, so the user has to change it. The message and
+/// source of this error are those of `error`.
+#[derive(Debug)]
+pub struct SeccompFileError {
+    pub origin: SeccompOrigin,
+    pub problem: SeccompProblem,
+    pub error: anyhow::Error,
+}
+
+impl SeccompFileError {
+    fn hint(&self) -> &'static str {
+        match (self.problem, self.origin) {
+            (SeccompProblem::Invalid, SeccompOrigin::Flag) => {
+                "fix the --seccomp file, or leave out --seccomp to use the built-in filter"
+            }
+            (SeccompProblem::Invalid, SeccompOrigin::Config) => {
+                "fix the file that [security] seccomp names in the config file, or remove that setting to use the built-in filter"
+            }
+            (SeccompProblem::Notify, SeccompOrigin::Flag) => {
+                "agentkernel does not support notify actions; change them in the --seccomp file, or leave out --seccomp"
+            }
+            (SeccompProblem::Notify, SeccompOrigin::Config) => {
+                "agentkernel does not support notify actions; change them in the file that [security] seccomp names, or remove that setting"
+            }
+        }
+    }
+}
+
+impl fmt::Display for SeccompFileError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, formatter)
+    }
+}
+
+impl std::error::Error for SeccompFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
 }
 
 /// Returns `agentkernel ARGS` as a command to copy into a shell, with `--root DIR` when `root`
@@ -178,6 +241,48 @@ mod tests {
         assert_eq!(shell_quote("/a/b-c_d.e"), "/a/b-c_d.e");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn seccomp_error_hint_replaces_fallback() {
+        let error = anyhow::Error::new(SeccompFileError {
+            origin: SeccompOrigin::Flag,
+            problem: SeccompProblem::Notify,
+            error: anyhow::anyhow!(
+                "seccomp profile n.json: the rule for mkdir uses SCMP_ACT_NOTIFY"
+            ),
+        })
+        .context("cannot start a sandbox for busybox");
+        assert_eq!(
+            one_line(&error),
+            "cannot start a sandbox for busybox: seccomp profile n.json: the rule for mkdir uses SCMP_ACT_NOTIFY"
+        );
+        assert_eq!(
+            hint(&error),
+            Some(
+                "agentkernel does not support notify actions; change them in the --seccomp file, or leave out --seccomp"
+            )
+        );
+    }
+
+    #[test]
+    fn seccomp_error_keeps_its_causes() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let error = anyhow::Error::new(SeccompFileError {
+            origin: SeccompOrigin::Config,
+            problem: SeccompProblem::Invalid,
+            error: anyhow::Error::new(io).context("failed to read seccomp profile /x.json"),
+        });
+        assert_eq!(
+            one_line(&error),
+            "failed to read seccomp profile /x.json: entity not found"
+        );
+        assert!(
+            error
+                .chain()
+                .any(|cause| cause.downcast_ref::<std::io::Error>().is_some())
+        );
+        assert!(hint(&error).unwrap().contains("[security] seccomp"));
     }
 
     #[test]

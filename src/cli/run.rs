@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction};
 use rootfs_cache::{Image, ImageSource, ImageStore};
 
-use super::errors::{EXIT_AGENTKERNEL_FAILED, command_line, report};
+use super::errors::{
+    EXIT_AGENTKERNEL_FAILED, SeccompFileError, SeccompOrigin, SeccompProblem, command_line, report,
+};
 use super::pull::{pull_image, registry_config, unpack_options};
 use super::sandbox_layers;
 use crate::config::Config;
@@ -17,6 +20,8 @@ use crate::profile::{NetworkMode, Overrides, Profile, Volume, parse_cpus, parse_
 use crate::sandbox::{self, RunError, SandboxRequest};
 use crate::spec::ImageRunConfig;
 
+/// Hint for a sandbox that failed to start with a valid seccomp file and valid flags, so the
+/// cause is most likely the host.
 const SANDBOX_HINT: &str =
     "agentkernel needs root, overlayfs and cgroups; run with --debug to see libcontainer's log";
 
@@ -74,7 +79,7 @@ pub struct RunArgs {
     pub volumes: Vec<Volume>,
 
     /// Working directory of the command inside the sandbox (absolute).
-    #[arg(short = 'w', long, value_name = "DIR")]
+    #[arg(short = 'w', long, value_name = "DIR", value_parser = parse_workdir)]
     pub workdir: Option<String>,
 
     /// Memory limit, such as 256m or 1g [default: the profile's, or [resources] memory_mb].
@@ -130,6 +135,17 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         .profile
         .or(config.security.profile)
         .unwrap_or(Profile::Moderate);
+    let overrides = overrides(&args, &config);
+    let seccomp = match &overrides.seccomp {
+        Some(path) => {
+            let origin = match args.seccomp {
+                Some(_) => SeccompOrigin::Flag,
+                None => SeccompOrigin::Config,
+            };
+            Some(SeccompFile::read(path, origin, profile)?)
+        }
+        None => None,
+    };
 
     let store = ImageStore::open(root)
         .with_context(|| format!("cannot open the image cache in {}", root.display()))?;
@@ -166,7 +182,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         sandbox_dir: sandbox_dir.clone(),
         lower_dirs: image.layer_dirs.iter().rev().cloned().collect(),
         image: run_config(&image),
-        overrides: overrides(&args, &config),
+        overrides,
         timeout: args.timeout,
         command: args.command,
         profile,
@@ -192,6 +208,13 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
             Ok(code)
         }
         Err(RunError::Sandbox(error)) => {
+            let error = match seccomp.and_then(SeccompFile::compile_error) {
+                Some(seccomp_error) => {
+                    tracing::debug!(error = %format!("{error:#}"), "sandbox failed to start");
+                    anyhow::Error::new(seccomp_error)
+                }
+                None => error,
+            };
             let error = error.context(format!("cannot start a sandbox for {reference}"));
             Ok(report(&error, Some(SANDBOX_HINT)).max(EXIT_AGENTKERNEL_FAILED))
         }
@@ -221,6 +244,13 @@ fn parse_env(text: &str) -> Result<String, String> {
         _ => Err(format!(
             "invalid environment entry {text:?}: expected KEY=VALUE"
         )),
+    }
+}
+
+fn parse_workdir(text: &str) -> Result<String, String> {
+    match text.starts_with('/') {
+        true => Ok(text.to_string()),
+        false => Err("it must be an absolute path".to_string()),
     }
 }
 
@@ -270,5 +300,186 @@ fn run_config(image: &Image) -> ImageRunConfig {
         user: process.user.filter(|user| !user.is_empty()),
         entrypoint: process.entrypoint.unwrap_or_default(),
         cmd: process.cmd.unwrap_or_default(),
+    }
+}
+
+/// The seccomp file of a run and the filter read from it as the sandbox reads it.
+struct SeccompFile {
+    path: PathBuf,
+    origin: SeccompOrigin,
+    filter: LinuxSeccomp,
+}
+
+impl SeccompFile {
+    /// Reads the file and rejects notify actions, before an image is pulled for the run.
+    fn read(
+        path: &Path,
+        origin: SeccompOrigin,
+        profile: Profile,
+    ) -> Result<Self, SeccompFileError> {
+        let caps = crate::spec::capability_set(profile);
+        let filter = crate::seccomp::load_file(path, &caps).map_err(|error| SeccompFileError {
+            origin,
+            problem: SeccompProblem::Invalid,
+            error,
+        })?;
+        if let Some(user) = notify_user(&filter) {
+            return Err(SeccompFileError {
+                origin,
+                problem: SeccompProblem::Notify,
+                error: anyhow::anyhow!(
+                    "seccomp profile {}: {user} uses SCMP_ACT_NOTIFY",
+                    path.display()
+                ),
+            });
+        }
+        Ok(SeccompFile {
+            path: path.to_path_buf(),
+            origin,
+            filter,
+        })
+    }
+
+    /// Compiles the filter with libseccomp and returns the error when libseccomp rejects it.
+    /// It runs only after a sandbox failed to start, to tell a bad rule from a host problem.
+    /// A successful start skips it, because compiling takes milliseconds that the cache of
+    /// compiled filters saves.
+    fn compile_error(self) -> Option<SeccompFileError> {
+        let error = crate::seccomp::Program::compile(&self.filter).err()?;
+        Some(SeccompFileError {
+            origin: self.origin,
+            problem: SeccompProblem::Invalid,
+            error: error.context(format!("invalid seccomp profile {}", self.path.display())),
+        })
+    }
+}
+
+/// Names the first part of `filter` whose action is `SCMP_ACT_NOTIFY`: "the default action"
+/// or "the rule for NAME".
+fn notify_user(filter: &LinuxSeccomp) -> Option<String> {
+    if filter.default_action() == LinuxSeccompAction::ScmpActNotify {
+        return Some("the default action".to_string());
+    }
+    let rule = filter
+        .syscalls()
+        .iter()
+        .flatten()
+        .find(|rule| rule.action() == LinuxSeccompAction::ScmpActNotify)?;
+    Some(format!("the rule for {}", rule.names().join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seccomp_file(json: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), json).unwrap();
+        file
+    }
+
+    fn read_error(path: &Path) -> SeccompFileError {
+        match SeccompFile::read(path, SeccompOrigin::Flag, Profile::Moderate) {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn workdir_must_be_absolute() {
+        assert_eq!(parse_workdir("/data"), Ok("/data".to_string()));
+        assert_eq!(
+            parse_workdir("data"),
+            Err("it must be an absolute path".to_string())
+        );
+    }
+
+    #[test]
+    fn seccomp_missing_file_is_invalid() {
+        let error = read_error(Path::new("/no/such/seccomp.json"));
+        assert_eq!(error.problem, SeccompProblem::Invalid);
+        assert_eq!(error.origin, SeccompOrigin::Flag);
+        assert_eq!(
+            format!("{:#}", error.error),
+            "failed to read seccomp profile /no/such/seccomp.json: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn seccomp_unknown_action_is_invalid() {
+        let file = seccomp_file(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_BOGUS"}]}"#,
+        );
+        let error = read_error(file.path());
+        assert_eq!(error.problem, SeccompProblem::Invalid);
+        assert!(
+            format!("{:#}", error.error).contains("unknown variant `SCMP_ACT_BOGUS`"),
+            "{:#}",
+            error.error
+        );
+    }
+
+    #[test]
+    fn seccomp_notify_rule_is_rejected() {
+        let file = seccomp_file(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
+        let error = read_error(file.path());
+        assert_eq!(error.problem, SeccompProblem::Notify);
+        assert_eq!(
+            error.error.to_string(),
+            format!(
+                "seccomp profile {}: the rule for mkdir, mkdirat uses SCMP_ACT_NOTIFY",
+                file.path().display()
+            )
+        );
+    }
+
+    #[test]
+    fn seccomp_notify_default_is_rejected() {
+        let file = seccomp_file(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#);
+        let error = read_error(file.path());
+        assert_eq!(error.problem, SeccompProblem::Notify);
+        assert!(
+            error
+                .error
+                .to_string()
+                .ends_with("the default action uses SCMP_ACT_NOTIFY"),
+            "{}",
+            error.error
+        );
+    }
+
+    #[test]
+    fn seccomp_argument_index_above_5_fails_to_compile() {
+        let file = seccomp_file(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":7,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        );
+        let seccomp = SeccompFile::read(file.path(), SeccompOrigin::Config, Profile::Moderate)
+            .expect("the file parses; only libseccomp rejects the index");
+        let error = seccomp
+            .compile_error()
+            .expect("libseccomp accepted index 7");
+        assert_eq!(error.problem, SeccompProblem::Invalid);
+        assert_eq!(error.origin, SeccompOrigin::Config);
+        let message = format!("{:#}", error.error);
+        assert!(
+            message.starts_with(&format!(
+                "invalid seccomp profile {}: failed to add the seccomp rule for read",
+                file.path().display()
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn seccomp_valid_file_compiles() {
+        let file = seccomp_file(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":448,"op":"SCMP_CMP_EQ"}]}]}"#,
+        );
+        let seccomp =
+            SeccompFile::read(file.path(), SeccompOrigin::Flag, Profile::Moderate).unwrap();
+        assert_eq!(seccomp.filter.syscalls().as_ref().map(Vec::len), Some(1));
+        assert!(seccomp.compile_error().is_none());
     }
 }
