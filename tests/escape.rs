@@ -557,18 +557,23 @@ const STATIC_RULES: [(&str, &str); 8] = [
     ),
 ];
 
+/// Returns a command that runs `program` in the network namespace `namespace` (with
+/// `ip netns exec`), or on the host with `None`.
+fn in_namespace(namespace: Option<&str>, program: &str) -> Command {
+    match namespace {
+        Some(namespace) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", namespace, program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Runs `iptables-save` in the network namespace `namespace`, or the host's with `None`, and
 /// returns `(table, rule)` for every rule, with the rule after `-A `.
 fn saved_rules(namespace: Option<&str>) -> Vec<(String, String)> {
-    let mut command = match namespace {
-        Some(namespace) => {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", namespace, "iptables-save"]);
-            command
-        }
-        None => Command::new("iptables-save"),
-    };
-    let saved = command.output().unwrap();
+    let saved = in_namespace(namespace, "iptables-save").output().unwrap();
     assert!(saved.status.success(), "iptables-save failed");
     let mut table = String::new();
     let mut rules = Vec::new();
@@ -614,15 +619,7 @@ fn assert_static_rules(namespace: Option<&str>) {
 
 /// Feeds `script` to `iptables-restore --noflush` in `namespace` or on the host.
 fn iptables_restore(namespace: Option<&str>, script: &str) {
-    let mut command = match namespace {
-        Some(namespace) => {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", namespace, "iptables-restore"]);
-            command
-        }
-        None => Command::new("iptables-restore"),
-    };
-    let mut child = command
+    let mut child = in_namespace(namespace, "iptables-restore")
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
         .spawn()

@@ -83,20 +83,7 @@ impl Netlink {
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_DUMP,
         )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|reply| match reply {
-                RouteNetlinkMessage::NewLink(link) => {
-                    link.attributes
-                        .into_iter()
-                        .find_map(|attribute| match attribute {
-                            LinkAttribute::IfName(name) => Some(name),
-                            _ => None,
-                        })
-                }
-                _ => None,
-            })
-            .collect())
+        Ok(replies.into_iter().filter_map(interface_name).collect())
     }
 
     /// Sets `IFF_UP` on the interface with index `index`.
@@ -118,17 +105,7 @@ impl Netlink {
             Err(error) if error.raw_os_error() == Some(nix::libc::ENODEV) => return Ok(None),
             Err(error) => return Err(error),
         };
-        Ok(replies.into_iter().find_map(|reply| match reply {
-            RouteNetlinkMessage::NewLink(link) => {
-                link.attributes
-                    .into_iter()
-                    .find_map(|attribute| match attribute {
-                        LinkAttribute::IfName(name) => Some(name),
-                        _ => None,
-                    })
-            }
-            _ => None,
-        }))
+        Ok(replies.into_iter().find_map(interface_name))
     }
 
     /// Deletes the interface with index `index` and returns whether it existed.
@@ -264,4 +241,17 @@ impl Netlink {
             }
         }
     }
+}
+
+/// Returns the interface name of a `NewLink` reply.
+fn interface_name(reply: RouteNetlinkMessage) -> Option<String> {
+    let RouteNetlinkMessage::NewLink(link) = reply else {
+        return None;
+    };
+    link.attributes
+        .into_iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name),
+            _ => None,
+        })
 }
