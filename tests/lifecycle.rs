@@ -332,6 +332,61 @@ fn kept_command_limits_are_reported() {
     assert_gone(root.path(), "hog");
 }
 
+/// The CLI stays in its own cgroup while it runs a sandbox, also when it runs in a cgroup
+/// namespace, where `/proc/self/cgroup` shows `/` for a cgroup below the host's root.
+#[test]
+fn cli_stays_in_its_cgroup() {
+    let Some(env) = env() else { return };
+    let root = fresh_root();
+    let config = mirror_config(&env, root.path());
+    let (base, field) = if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+        ("/sys/fs/cgroup/pids", ":pids:")
+    } else {
+        ("/sys/fs/cgroup", "0::")
+    };
+    let name = format!("ak-test-cgns-{}", std::process::id());
+    let group = Path::new(base).join(&name);
+    std::fs::create_dir(&group).unwrap();
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "echo $$ > \"$0/cgroup.procs\" && exec unshare -C \"$@\"",
+        ])
+        .arg(&group)
+        .arg(env!("CARGO_BIN_EXE_agentkernel"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .args(["--image", &busybox(&env), "sh", "-c", "sleep 2 # 4236"])
+        .env("AGENTKERNEL_ROOT", root.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut cli = None;
+    wait_until("the CLI runs", Duration::from_secs(10), || {
+        cli = std::fs::read_dir("/proc").unwrap().find_map(|entry| {
+            let path = entry.unwrap().path();
+            let cmdline = std::fs::read(path.join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline);
+            (text.starts_with(env!("CARGO_BIN_EXE_agentkernel")) && text.contains("# 4236"))
+                .then_some(path)
+        });
+        cli.is_some()
+    });
+    // Long enough for the CLI's early cgroup write, which runs at its start.
+    std::thread::sleep(Duration::from_millis(500));
+    let cgroups = std::fs::read_to_string(cli.unwrap().join("cgroup")).unwrap_or_default();
+    let status = child.wait().unwrap();
+    std::fs::remove_dir(&group).unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        cgroups
+            .lines()
+            .any(|line| line.contains(field) && line.ends_with(&format!("/{name}"))),
+        "{cgroups}"
+    );
+}
+
 #[test]
 fn names_are_checked() {
     let Some(env) = env() else { return };
