@@ -109,14 +109,15 @@ pub(super) fn launch(
         }
     }
     timings.delete = delete_started.elapsed();
-    if let (true, Some(timeout)) = (timed_out, request.timeout) {
-        return Err(timed_out_error(timeout, "the sandbox"));
-    }
-    if out_of_memory {
-        return Err(out_of_memory_error(request.memory_limit));
-    }
-    if status == SIGSYS_STATUS {
-        return Err(seccomp_kill_error());
+    let ending = Ending {
+        status,
+        timeout: request.timeout.filter(|_| timed_out),
+        killed: "the sandbox",
+        out_of_memory,
+        memory_limit: request.memory_limit,
+    };
+    if let Some(error) = ending.limit_error() {
+        return Err(error);
     }
     Ok(RunOutcome {
         status,
@@ -280,14 +281,15 @@ pub(super) fn exec(
         }
     };
     let (stdout, stderr) = capture.finish()?;
-    if let (true, Some(timeout)) = (timed_out, target.timeout) {
-        return Err(timed_out_error(timeout, "the command"));
-    }
-    if status == 137 && exit::oom_kills(target.id) > oom_kills_before {
-        return Err(out_of_memory_error(memory_limit));
-    }
-    if status == SIGSYS_STATUS {
-        return Err(seccomp_kill_error());
+    let ending = Ending {
+        status,
+        timeout: target.timeout.filter(|_| timed_out),
+        killed: "the command",
+        out_of_memory: status == 137 && exit::oom_kills(target.id) > oom_kills_before,
+        memory_limit,
+    };
+    if let Some(error) = ending.limit_error() {
+        return Err(error);
     }
     Ok(RunOutcome {
         status,
@@ -328,38 +330,44 @@ fn wait_for_tenant(
     Ok((status?, forwarder.timed_out))
 }
 
-/// Returns the error of a command killed after `timeout`; `killed` names what was killed.
-fn timed_out_error(timeout: Duration, killed: &str) -> RunError {
-    RunError::Killed {
-        code: 124,
-        message: format!(
-            "timed out after {} s: {killed} was killed",
-            timeout.as_secs_f64()
-        ),
-    }
+/// How a sandbox's command or a tenant process ended.
+struct Ending {
+    /// Shell exit status.
+    status: i32,
+    /// The timeout, when it passed and the process was killed.
+    timeout: Option<Duration>,
+    /// What the timeout killed, for the message.
+    killed: &'static str,
+    /// Whether the OOM killer ended the process.
+    out_of_memory: bool,
+    /// Memory limit in bytes, for the message.
+    memory_limit: Option<u64>,
 }
 
-/// Exit status of a process killed by SIGSYS, which a seccomp `SCMP_ACT_KILL` action sends.
-const SIGSYS_STATUS: i32 = 128 + nix::libc::SIGSYS;
-
-/// Returns the error of a process killed by SIGSYS. With a filter whose default action kills,
-/// that can be the sandbox's init, before the command starts.
-fn seccomp_kill_error() -> RunError {
-    RunError::Killed {
-        code: SIGSYS_STATUS,
-        message: "killed by SIGSYS: the seccomp filter blocked a system call".to_string(),
-    }
-}
-
-/// Returns the error of a command that the OOM killer stopped under `memory_limit` bytes.
-fn out_of_memory_error(memory_limit: Option<u64>) -> RunError {
-    let limit = match memory_limit {
-        Some(bytes) => format!("limit {} MiB", bytes / (1024 * 1024)),
-        None => "no sandbox limit".to_string(),
-    };
-    RunError::Killed {
-        code: 137,
-        message: format!("out of memory ({limit})"),
+impl Ending {
+    /// Returns the error that names the limit that ended the process: the timeout (124), the
+    /// memory limit (137) or a seccomp kill action, which sends SIGSYS (159). With a filter
+    /// whose default action kills, SIGSYS can end the sandbox's init before the command starts.
+    fn limit_error(&self) -> Option<RunError> {
+        let (code, message) = if let Some(timeout) = self.timeout {
+            let seconds = timeout.as_secs_f64();
+            (
+                124,
+                format!("timed out after {seconds} s: {} was killed", self.killed),
+            )
+        } else if self.out_of_memory {
+            let limit = match self.memory_limit {
+                Some(bytes) => format!("limit {} MiB", bytes / (1024 * 1024)),
+                None => "no sandbox limit".to_string(),
+            };
+            (137, format!("out of memory ({limit})"))
+        } else if self.status == 128 + nix::libc::SIGSYS {
+            let message = "killed by SIGSYS: the seccomp filter blocked a system call";
+            (self.status, message.to_string())
+        } else {
+            return None;
+        };
+        Some(RunError::Killed { code, message })
     }
 }
 
