@@ -15,9 +15,9 @@
 # instrumentation, plus debug assertions and overflow checks. It finds panics, failed
 # assertions and integer overflows, but a memory error in unsafe code only when the
 # error crashes the process by itself. scripts/test.sh uses it because rootfs-cache has
-# no unsafe code, and because on the 2-core test VM it builds faster (142 s against
-# 197 s from an empty fuzz/target) and runs unpack_layer about 4 times as fast (62117
-# against 16039 inputs in 4 s).
+# no unsafe code. On the 2-core test VM it also built faster (142 s against 197 s from
+# an empty fuzz/target) and ran unpack_layer about 4 times as fast (62117 against 16039
+# inputs in 4 s).
 #
 # cargo fuzz passes rustc -Z flags (sanitizer, coverage), which only nightly accepts.
 # RUSTC_BOOTSTRAP=1 makes the default toolchain accept them too, so this works on a

@@ -278,8 +278,8 @@ fn fork_bomb_stops_at_pids_limit() {
     assert!(host.success());
 }
 
-/// A custom filter that kills on a system call gives the shell status for SIGSYS and says
-/// why, with the precompiled filter and with libcontainer's.
+/// A custom filter that kills on a system call gives the shell status for SIGSYS and a
+/// message naming the filter, with the precompiled filter and with libcontainer's.
 #[test]
 fn seccomp_kill_is_reported() {
     let Some(env) = env() else { return };

@@ -243,7 +243,7 @@ fn exec_shares_namespaces_and_limits() {
 }
 
 /// A kept sandbox's command gets --timeout and the out-of-memory message like a plain run, and
-/// the sandbox stays; a later exec killed by a signal is not reported as out of memory.
+/// the sandbox stays. A later exec killed by a signal is not reported as out of memory.
 #[test]
 fn kept_command_limits_are_reported() {
     let Some(env) = env() else { return };
@@ -347,6 +347,8 @@ fn cli_stays_in_its_cgroup() {
     let name = format!("ak-test-cgns-{}", std::process::id());
     let group = Path::new(base).join(&name);
     std::fs::create_dir(&group).unwrap();
+
+    // The shell joins the new cgroup, then unshare starts the CLI in a new cgroup namespace.
     let mut child = Command::new("sh")
         .args([
             "-c",
@@ -362,6 +364,7 @@ fn cli_stays_in_its_cgroup() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+
     let mut cli = None;
     wait_until("the CLI runs", Duration::from_secs(10), || {
         cli = std::fs::read_dir("/proc").unwrap().find_map(|entry| {
@@ -376,6 +379,7 @@ fn cli_stays_in_its_cgroup() {
     // Long enough for the CLI's early cgroup write, which runs at its start.
     std::thread::sleep(Duration::from_millis(500));
     let cgroups = std::fs::read_to_string(cli.unwrap().join("cgroup")).unwrap_or_default();
+
     let status = child.wait().unwrap();
     std::fs::remove_dir(&group).unwrap();
     assert!(status.success(), "{status}");

@@ -162,7 +162,7 @@ impl fmt::Display for ImageReference {
 /// Splits `name` into its registry, when it names one, and the repository path.
 ///
 /// As in Docker, the first path component is a registry when it contains a `.` or a `:`, or is
-/// `localhost`; otherwise the whole name is a Docker Hub repository.
+/// `localhost`. Otherwise the whole name is a Docker Hub repository.
 fn split_registry(name: &str) -> (Option<&str>, &str) {
     match name.split_once('/') {
         Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {

@@ -366,9 +366,9 @@ impl ImageStore {
     /// A local image is resolved even when it is cached, because that needs no network:
     /// when its layout or archive changed, the new image is pulled.
     ///
-    /// Once it holds `pull.lock`, the pull removes the temporary entries that killed
+    /// Once it has taken `pull.lock`, the pull removes the temporary entries that killed
     /// pulls left in `blobs/tmp` and `layers/tmp`. It keeps the entries that a live
-    /// process holds an `flock` on.
+    /// process has an `flock` on.
     pub async fn pull(
         &self,
         reference: impl Into<ImageSource>,
@@ -689,7 +689,7 @@ impl ImageStore {
     }
 
     /// Creates a directory in `layers/tmp` for unpacking the layer `diff_id` and returns an
-    /// open file that holds an exclusive `flock` on it, and the directory. The lock marks the
+    /// open file that has an exclusive `flock` on it, and the directory. The lock marks the
     /// directory as in use until the file is closed, so that
     /// [`ImageStore::remove_stale_temporary`] of another pull skips it.
     fn create_staging_dir(

@@ -162,7 +162,8 @@ fn hide_command_line() {
     }
     let length = end - start;
     // SAFETY: the kernel reports [start, end) as this process's argument area, which lies in
-    // its mapped, writable initial stack; nothing else accesses it while the bytes are written.
+    // its mapped, writable initial stack. This process is single-threaded here, so nothing
+    // else accesses the area while the bytes are written.
     unsafe {
         let area = start as *mut u8;
         std::ptr::write_bytes(area, 0, length);

@@ -330,13 +330,13 @@ fn wait_for_tenant(
     Ok((status?, forwarder.timed_out))
 }
 
-/// How a sandbox's command or a tenant process ended.
+/// The end of a sandbox's command or of a tenant process.
 struct Ending {
     /// Shell exit status.
     status: i32,
     /// The timeout, when it passed and the process was killed.
     timeout: Option<Duration>,
-    /// What the timeout killed, for the message.
+    /// Name of what the timeout killed, for the message.
     killed: &'static str,
     /// Whether the OOM killer ended the process.
     out_of_memory: bool,

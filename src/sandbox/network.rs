@@ -1,16 +1,19 @@
 //! Network setup of a sandbox: loopback in a new network namespace, and for the isolated mode a
 //! veth pair to the host behind NAT and firewall rules.
 //!
-//! Isolated mode gives each sandbox a /30 from 10.200.0.0/16: the host side of the veth pair
-//! (`ak` and the subnet's index in 8 hex digits) gets the first address and is the sandbox's default gateway, the sandbox's
-//! `eth0` the second. Links, addresses and routes are made with rtnetlink requests from this
-//! process. One static iptables rule set (see [`firewall`]) covers all sandboxes: it masquerades
-//! their outbound traffic and drops everything they send to the host itself (which covers every
-//! host address), to 169.254.0.0/16 and to other sandboxes. Each setup checks the rule set and
-//! reinstalls missing rules before the sandbox gets its link, and fails if that fails; the
-//! check is skipped while the nftables ruleset is unchanged since a complete one. The host
-//! side has IPv6 disabled, so no link-local IPv6 route to the host exists either. The sandbox's
-//! `127.0.0.1` is its own loopback.
+//! Isolated mode gives each sandbox a /30 from 10.200.0.0/16. The host side of the veth pair
+//! (`ak` and the subnet's index in 8 hex digits) gets the first address and is the sandbox's
+//! default gateway, and the sandbox's `eth0` gets the second. Links, addresses and routes are
+//! made with rtnetlink requests from this process. One static iptables rule set (see
+//! [`firewall`]) covers all sandboxes: it masquerades their outbound traffic and drops
+//! everything they send to the host itself (which covers every host address), to
+//! 169.254.0.0/16 and to other sandboxes.
+//!
+//! Each setup checks the rule set and reinstalls missing rules before the sandbox gets its
+//! link, and the setup fails if that fails. The check is skipped while the nftables ruleset is
+//! unchanged since a complete one (see [`generation`]). The host side has IPv6 disabled, so no
+//! link-local IPv6 route to the host exists either. The sandbox's `127.0.0.1` is its own
+//! loopback.
 //!
 //! The kernel deletes the veth pair together with the sandbox's network namespace. The cleanup
 //! of every sandbox calls [`remove_isolated`], which deletes the link itself only when some of
@@ -142,8 +145,9 @@ pub(super) struct IsolatedLink {
 /// Returns the host-side interface name of the sandbox with subnet `index`: `ak` and the index
 /// as 8 hex digits, which fits the 15-character limit of interface names.
 ///
-/// A name that follows from the subnet cannot collide: the subnet stays taken as long as a
-/// link with its gateway address exists, also one that the kernel has yet to delete.
+/// A name that follows from the subnet does not collide with an existing link, because
+/// [`allocate`] skips every subnet whose gateway address a link still has, including a link
+/// that the kernel has yet to delete.
 fn host_interface(index: u32) -> String {
     format!("ak{index:08x}")
 }

@@ -253,11 +253,12 @@ fn read_cached(dir: &OwnedFd, name: &str) -> anyhow::Result<Option<Program>> {
 /// file and a rename, so readers see the whole file or none.
 fn write_cached(dir: &OwnedFd, name: &str, program: &Program) -> anyhow::Result<()> {
     let temporary = format!("{name}.{}.tmp", std::process::id());
-    let _ = nix::unistd::unlinkat(
-        Some(dir.as_raw_fd()),
-        temporary.as_str(),
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    );
+    let remove_temporary = || {
+        let flags = nix::unistd::UnlinkatFlags::NoRemoveDir;
+        let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), temporary.as_str(), flags);
+    };
+    remove_temporary();
+
     let fd = nix::fcntl::openat(
         Some(dir.as_raw_fd()),
         temporary.as_str(),
@@ -266,28 +267,22 @@ fn write_cached(dir: &OwnedFd, name: &str, program: &Program) -> anyhow::Result<
     )?;
     // SAFETY: openat returned a new descriptor that nothing else owns.
     let mut file = unsafe { File::from_raw_fd(fd) };
+
     let bytes = program.to_bytes();
     let mut contents = CACHE_MAGIC.to_vec();
     contents.extend_from_slice(&Sha256::digest(&bytes));
     contents.extend_from_slice(&bytes);
+
     let written = file
         .write_all(&contents)
         .map_err(anyhow::Error::from)
         .and_then(|()| {
-            nix::fcntl::renameat(
-                Some(dir.as_raw_fd()),
-                temporary.as_str(),
-                Some(dir.as_raw_fd()),
-                name,
-            )
-            .map_err(anyhow::Error::from)
+            let directory = Some(dir.as_raw_fd());
+            nix::fcntl::renameat(directory, temporary.as_str(), directory, name)?;
+            Ok(())
         });
     if written.is_err() {
-        let _ = nix::unistd::unlinkat(
-            Some(dir.as_raw_fd()),
-            temporary.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        remove_temporary();
     }
     written
 }

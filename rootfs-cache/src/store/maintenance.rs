@@ -283,7 +283,7 @@ impl ImageStore {
         Ok(report)
     }
 
-    /// Removes the entries of `blobs/tmp` and `layers/tmp` that no open file holds an
+    /// Removes the entries of `blobs/tmp` and `layers/tmp` that no open file has an
     /// `flock` on, and returns their number and apparent size in bytes.
     ///
     /// A blob writer and a layer unpack lock their temporary entry from its creation until
@@ -373,7 +373,7 @@ fn dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     Ok(names)
 }
 
-/// Removes the temporary entry `path` unless an open file holds an `flock` on it, and
+/// Removes the temporary entry `path` unless an open file has an `flock` on it, and
 /// returns its apparent size if it was removed. The lock taken here keeps a writer that
 /// created the entry but has not locked it yet from using it: that writer's
 /// [`crate::blobs::lock_temporary`] waits for the lock, then finds the entry removed.

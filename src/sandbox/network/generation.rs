@@ -6,9 +6,9 @@
 //! increments the namespace's ruleset generation, which `NFT_MSG_GETGEN` reads. A [`Stamp`]
 //! contains that generation with the boot id and the cookie of the network namespace it belongs
 //! to (`SO_NETNS_COOKIE`, Linux 5.14+, never reused within a boot, unlike the namespace's inode
-//! number). A run whose stamp equals the one recorded after the last complete check sees the
-//! ruleset that check saw. The record is a root-only file, and one that others could have
-//! written is ignored.
+//! number). A run whose stamp equals the one recorded after the last complete check runs on
+//! the ruleset that check found complete. The record is a root-only file, and a record that
+//! others could have written is ignored.
 //!
 //! Rules of the legacy iptables backend live outside nftables and change no generation, so a
 //! stamp is recorded only when `iptables-save` reports the nf_tables backend.
